@@ -1,0 +1,1 @@
+"""`gpt1 bench`: benchmarks of the fused kernels, training, data and generation (imported as ``gpt1_benchmarks``)."""

@@ -1,0 +1,53 @@
+"""The ``gpt1`` command: a thin Typer front end over the library.
+
+Each command lives in its own module and only parses options, calls library code and prints.
+Bad input raises :class:`~gpt1cli.errors.Gpt1Error`, printed here as one line with exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from ..errors import ExitCode, Gpt1Error
+from . import demo_cmd, generate_cmd, pretrain_cmd, tokenize_cmd
+
+app = typer.Typer(
+    name="gpt1",
+    help="GPT-1 end to end: tokenize a corpus, pre-train, fine-tune, evaluate, generate, benchmark.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.command("tokenize")(tokenize_cmd.tokenize)
+app.command("pretrain")(pretrain_cmd.pretrain)
+app.command("generate")(generate_cmd.generate)
+app.command("demo")(demo_cmd.demo)
+
+_err = Console(stderr=True, highlight=False)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the console script and of ``python -m gpt1cli``."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except Gpt1Error as exc:
+        _err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        sys.exit(ExitCode.BAD_INPUT)
+    except KeyboardInterrupt:
+        _err.print("[yellow]interrupted[/]")
+        sys.exit(ExitCode.INTERRUPTED)
+    except SystemExit:
+        raise
+    except Exception as exc:  # click's usage errors and aborts
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(ExitCode.INTERRUPTED)
+        raise

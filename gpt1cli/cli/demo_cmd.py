@@ -1,0 +1,49 @@
+"""`gpt1 demo`: the whole pipeline on the embedded corpus, ending in a results table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..demo import run_demo
+from ..fileio import atomic_write_json
+
+
+def demo(
+    out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Working directory (replaced on each run)."),
+    preset: str = typer.Option("mini", help="Model preset to pre-train."),
+    steps: int = typer.Option(600, help="Pre-training steps."),
+    vocab_size: int = typer.Option(4000, help="Tokenizer vocabulary size."),
+    corpus_mb: float = typer.Option(8.0, help="Most megabytes of standard-library text to use."),
+    device: str = typer.Option("auto", help="auto (CUDA when available), cpu or cuda."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Build a corpus from the installed Python's docstrings, tokenize, pre-train, evaluate and generate."""
+    console = Console()
+    results = run_demo(out, preset=preset, steps=steps, vocab_size=vocab_size, corpus_bytes=int(corpus_mb * 1e6),
+                       device=device, show_progress=not quiet, log=lambda m: console.print(f"[bold cyan]{m}"))
+    atomic_write_json(out / "results.json", results)
+    table = Table(title="gpt1 demo: standard-library docstrings")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    corpus, tok, pre, ev = results["corpus"], results["tokenize"], results["pretrain"], results["eval"]
+    rows = [
+        ("corpus", f"{corpus['documents']:,} documents, {corpus['bytes'] / 1e6:.2f} MB"),
+        ("tokenizer", f"BPE {tok['vocab_size']:,} tokens, encode {tok['encode_mb_per_s']} MB/s"),
+        ("shards", f"{tok['train_tokens']:,} train / {tok['val_tokens']:,} val tokens"),
+        ("model", f"{preset}, {pre['parameters']:,} parameters"),
+        ("pre-training speed", f"{pre['tokens_per_s']:,.0f} tokens/s ({pre['kernels'].split(':')[0]})"),
+        ("val loss untrained -> pretrained", f"{ev['untrained']['loss']:.3f} -> {ev['pretrained']['loss']:.3f}"),
+        ("val perplexity", f"{ev['untrained']['ppl']:,.1f} -> {ev['pretrained']['ppl']:,.1f}"),
+        ("val bits per byte", f"{ev['untrained']['bpb']:.3f} -> {ev['pretrained']['bpb']:.3f}"),
+        ("greedy sample", f"{results['sample']['prompt']}{results['sample']['completion'][:60]}"),
+        ("wall time", f"{results['seconds']} s  ({', '.join(f'{k} {v}s' for k, v in results['stages'].items())})"),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"results: {out / 'results.json'}")

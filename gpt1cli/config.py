@@ -1,0 +1,103 @@
+"""Model configuration: one dataclass, presets by name.
+
+``gpt1`` is the paper's model. ``tiny`` and ``mini`` are the same architecture at sizes a CPU
+trains in seconds or minutes. ``arch="gpt2"`` applies the GPT-2 changes: LayerNorm at each
+block's input, a final LayerNorm, and residual projections initialised scaled by 1/sqrt(2 x layers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from .errors import Gpt1Error
+
+ARCHS = ("gpt1", "gpt2")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape and regularisation of a decoder-only Transformer."""
+
+    vocab_size: int
+    n_ctx: int = 512
+    n_layer: int = 12
+    n_head: int = 12
+    d_model: int = 768
+    d_ff: int = 3072
+    dropout: float = 0.1  # on embeddings and on each residual branch
+    attn_dropout: float = 0.1  # on the attention weights
+    arch: str = "gpt1"
+    layer_norm_eps: float = 1e-5
+
+    def __post_init__(self):
+        if self.arch not in ARCHS:
+            raise Gpt1Error(f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHS)}")
+        for name in ("vocab_size", "n_ctx", "n_layer", "n_head", "d_model", "d_ff"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise Gpt1Error(f"model setting {name} must be a positive integer, got {value!r}")
+        if self.d_model % self.n_head:
+            raise Gpt1Error(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
+        for name in ("dropout", "attn_dropout"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise Gpt1Error(f"{name} must be in [0, 1), got {value}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise Gpt1Error(f"unknown model settings {sorted(unknown)}: the checkpoint is from a newer or other tool")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise Gpt1Error(f"incomplete model settings: {exc}") from None
+
+    def replace(self, **changes) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+
+# Shapes by name; the vocabulary size always comes from the tokenizer.
+PRESETS: dict[str, dict] = {
+    "tiny": dict(n_ctx=64, n_layer=2, n_head=2, d_model=64, d_ff=256),
+    "mini": dict(n_ctx=128, n_layer=4, n_head=4, d_model=128, d_ff=512),
+    "small": dict(n_ctx=256, n_layer=6, n_head=8, d_model=384, d_ff=1536),
+    "gpt1": dict(n_ctx=512, n_layer=12, n_head=12, d_model=768, d_ff=3072),
+}
+
+# Training defaults per preset. gpt1 follows the paper (64 x 512 tokens, lr 2.5e-4, 2000
+# warm-up steps); the small presets use larger rates so a CPU sees progress in minutes.
+TRAIN_DEFAULTS: dict[str, dict] = {
+    "tiny": dict(batch_size=16, lr=2e-3, steps=200),
+    "mini": dict(batch_size=16, lr=1e-3, steps=1000),
+    "small": dict(batch_size=32, lr=6e-4, steps=5000),
+    "gpt1": dict(batch_size=64, lr=2.5e-4, steps=100_000),
+}
+
+
+def preset(name: str, vocab_size: int, **overrides) -> ModelConfig:
+    """The model config of preset ``name`` for a tokenizer of ``vocab_size`` tokens."""
+    if name not in PRESETS:
+        raise Gpt1Error(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    settings = {**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}}
+    return ModelConfig(vocab_size=vocab_size, **settings)
+
+
+def count_parameters(config: ModelConfig) -> int:
+    """Parameters of a model with this config (tied output: the embedding is counted once)."""
+    d, f, layers = config.d_model, config.d_ff, config.n_layer
+    embeddings = config.vocab_size * d + config.n_ctx * d
+    attention = d * 3 * d + 3 * d + d * d + d
+    mlp = d * f + f + f * d + d
+    norms = 2 * 2 * d
+    final = 2 * d if config.arch == "gpt2" else 0
+    return embeddings + layers * (attention + mlp + norms) + final

@@ -1,0 +1,149 @@
+"""`gpt1 tokenize`: corpus files -> SentencePiece BPE model -> Arrow token shards + manifest."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ..errors import Gpt1Error
+from ..fileio import atomic_copy, atomic_write_json, file_hash
+from ..progress import progress_bar
+from .corpus import expand_inputs, iter_documents, split_long_line
+from .shards import FORMAT, FORMAT_VERSION, MANIFEST, TOKENIZER_FILE, ShardWriter, token_dtype
+from .tokenizer import MAX_SENTENCE_BYTES, SentencePieceTokenizer, train_sentencepiece
+
+ENCODE_BATCH_LINES = 4096
+
+
+def _training_sentences(paths: list[Path], errors: str) -> Iterator[str]:
+    for document in iter_documents(paths, errors):
+        for line in document.lines:
+            yield from split_long_line(line, MAX_SENTENCE_BYTES)
+
+
+def _document_batches(paths: list[Path], errors: str, max_lines: int):
+    """Group documents so each batch holds about ``max_lines`` lines, for threaded encoding."""
+    batch, lines = [], 0
+    for document in iter_documents(paths, errors):
+        batch.append(document)
+        lines += len(document.lines)
+        if lines >= max_lines:
+            yield batch
+            batch, lines = [], 0
+    if batch:
+        yield batch
+
+
+def tokenize_corpus(
+    inputs: list[str],
+    out_dir: str | Path,
+    *,
+    vocab_size: int = 8000,
+    tokenizer: str | Path | None = None,
+    tokens_per_shard: int = 1 << 24,
+    val_fraction: float = 0.005,
+    seed: int = 0,
+    errors: str = "strict",
+    num_threads: int = 0,
+    max_train_sentences: int = 2_000_000,
+    overwrite: bool = False,
+    show_progress: bool = True,
+) -> dict:
+    """Train (or reuse) a tokenizer, encode ``inputs`` into shards in ``out_dir``; return the manifest."""
+    started = time.perf_counter()
+    if not 0.0 < val_fraction < 1.0:
+        raise Gpt1Error(f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+    paths = expand_inputs(inputs)
+    out_dir = Path(out_dir)
+    if (out_dir / MANIFEST).exists() and not overwrite:
+        raise Gpt1Error(f"{out_dir} already holds shards; pass --overwrite to replace them or choose another --out")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise Gpt1Error(f"cannot create {out_dir}: {exc.strerror}") from None
+    # The manifest marks a finished directory: remove it first so a failed re-run cannot look complete.
+    (out_dir / MANIFEST).unlink(missing_ok=True)
+    threads = num_threads or os.cpu_count() or 1
+
+    tokenizer_path = out_dir / TOKENIZER_FILE
+    if tokenizer is None:
+        with progress_bar("training tokenizer", None, enabled=show_progress):
+            tok = train_sentencepiece(
+                _training_sentences(paths, errors), tokenizer_path, vocab_size,
+                max_sentences=max_train_sentences, num_threads=threads,
+            )
+    else:
+        source = SentencePieceTokenizer(tokenizer)  # validates before copying
+        if Path(tokenizer).resolve() != tokenizer_path.resolve():
+            atomic_copy(source.path, tokenizer_path)
+        tok = SentencePieceTokenizer(tokenizer_path)
+
+    dtype = token_dtype(tok.vocab_size)
+    writers = {split: ShardWriter(out_dir, split, dtype, tokens_per_shard) for split in ("train", "val")}
+    rng = np.random.default_rng(seed)
+    total_bytes = sum(p.stat().st_size for p in paths)
+    encode_seconds = 0.0
+    with progress_bar("encoding", total_bytes, enabled=show_progress) as bar:
+        for batch in _document_batches(paths, errors, ENCODE_BATCH_LINES):
+            lines = [line for document in batch for line in document.lines]
+            t0 = time.perf_counter()
+            encoded = tok.encode_batch(lines, num_threads=threads)
+            encode_seconds += time.perf_counter() - t0
+            position = 0
+            for document in batch:
+                pieces = encoded[position : position + len(document.lines)]
+                position += len(document.lines)
+                tokens = [t for piece in pieces for t in piece]
+                tokens.append(tok.eos_id)
+                split = "val" if rng.random() < val_fraction else "train"
+                writers[split].add_document(tokens, document.n_bytes)
+            bar.advance(sum(d.n_bytes for d in batch))
+
+    train, val = writers["train"], writers["val"]
+    if train.documents + val.documents == 0 or train.tokens + val.tokens == 0:
+        raise Gpt1Error(f"the corpus is empty: {len(paths)} file(s) hold no text")
+    if val.tokens == 0:
+        # Too few documents for the sampled split: hold out the end of the training stream.
+        held = max(2, int(train.tokens * val_fraction))
+        tail = train.take_tail(held)
+        moved_bytes = int(train.text_bytes * len(tail) / max(train.tokens + len(tail), 1))
+        train.text_bytes -= moved_bytes
+        val.add_document(tail, moved_bytes)
+        val.documents = 0
+    if train.tokens == 0:
+        raise Gpt1Error("the corpus is too small to leave any training tokens after the validation split")
+    train.close()
+    val.close()
+
+    encoded_bytes = train.text_bytes + val.text_bytes
+    manifest = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "tokenizer": {
+            "file": TOKENIZER_FILE,
+            "kind": tok.kind,
+            "blake2b": file_hash(tokenizer_path),
+            "vocab_size": tok.vocab_size,
+            "special": tok.specials,
+        },
+        "dtype": dtype.name,
+        "tokens_per_shard": tokens_per_shard,
+        "val_fraction": val_fraction,
+        "seed": seed,
+        "inputs": [str(p) for p in paths],
+        "splits": {"train": train.summary(), "val": val.summary()},
+        "stats": {
+            "seconds": round(time.perf_counter() - started, 3),
+            "encode_seconds": round(encode_seconds, 3),
+            "encode_mb_per_s": round(encoded_bytes / 1e6 / encode_seconds, 3) if encode_seconds else None,
+            "threads": threads,
+        },
+    }
+    atomic_write_json(out_dir / MANIFEST, manifest)
+    return manifest

@@ -1,0 +1,27 @@
+"""Build a model and its tokenizer from a checkpoint, for every command that uses one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..data.tokenizer import load_tokenizer
+from ..errors import Gpt1Error
+from ..train.checkpoint import Checkpoint, load_checkpoint
+from .gpt import GPT
+
+
+def model_from_checkpoint(path: str | Path, device: torch.device, *, strict: bool = True) -> tuple[GPT, Checkpoint]:
+    """The checkpoint's decoder with its weights, on ``device``, in eval mode."""
+    checkpoint = load_checkpoint(path)
+    model = GPT(checkpoint.config)
+    state = {k: v for k, v in checkpoint.state_dict.items() if not k.startswith("head.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if strict and (missing or unexpected):
+        raise Gpt1Error(f"{checkpoint.path}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model.to(device).eval(), checkpoint
+
+
+def tokenizer_for(checkpoint: Checkpoint):
+    return load_tokenizer(checkpoint.tokenizer_path)

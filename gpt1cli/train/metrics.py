@@ -1,0 +1,23 @@
+"""Append-only JSONL metrics log (one object per line, flushed as written)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+
+class MetricsLog:
+    """``RUN/metrics.jsonl``: every logged number, with a wall-clock timestamp."""
+
+    def __init__(self, path: str | Path | None):
+        self.path = Path(path) if path is not None else None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, kind: str, **values) -> None:
+        if self.path is None:
+            return
+        record = {"kind": kind, "time": round(time.time(), 3), **values}
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
