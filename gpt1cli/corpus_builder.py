@@ -7,6 +7,7 @@ Built at run time from text every machine with Python already has. Sources are p
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import sysconfig
 from pathlib import Path
@@ -64,15 +65,41 @@ def stdlib_documents(root: Path | None = None) -> Iterator[str]:
         yield from _docstrings(source)
 
 
-def build_stdlib_corpus(out_path: str | Path, max_bytes: int = 8_000_000) -> dict:
-    """Write up to ``max_bytes`` of standard-library docstrings as JSONL documents; return counts."""
-    documents, size = 0, 0
-    with atomic_path(out_path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
-        for text in stdlib_documents():
+def build_stdlib_corpus(
+    out_path: str | Path,
+    max_bytes: int = 8_000_000,
+    *,
+    heldout_path: str | Path | None = None,
+    heldout_per_10: int = 3,
+) -> dict:
+    """Write up to ``max_bytes`` of standard-library text as JSONL documents; return counts.
+
+    With ``heldout_path``, ``heldout_per_10`` of every 10 documents go there instead, so a
+    task can be built from text the model never saw in pre-training.
+    """
+    counts = {"documents": 0, "bytes": 0, "path": str(out_path)}
+    if heldout_path is not None:
+        counts.update(heldout_documents=0, heldout_bytes=0, heldout_path=str(heldout_path))
+    with contextlib.ExitStack() as stack:
+        main = open(stack.enter_context(atomic_path(out_path)), "w", encoding="utf-8")
+        stack.callback(main.close)
+        held = None
+        if heldout_path is not None:
+            held = open(stack.enter_context(atomic_path(heldout_path)), "w", encoding="utf-8")
+            stack.callback(held.close)
+        total = 0
+        for index, text in enumerate(stdlib_documents()):
             encoded = len(text.encode("utf-8"))
-            if size + encoded > max_bytes:
+            if total + encoded > max_bytes:
                 break
-            handle.write(json.dumps({"text": text}) + "\n")
-            documents += 1
-            size += encoded
-    return {"documents": documents, "bytes": size, "path": str(out_path)}
+            total += encoded
+            line = json.dumps({"text": text}) + "\n"
+            if held is not None and index % 10 < heldout_per_10:
+                held.write(line)
+                counts["heldout_documents"] += 1
+                counts["heldout_bytes"] += encoded
+            else:
+                main.write(line)
+                counts["documents"] += 1
+                counts["bytes"] += encoded
+    return counts

@@ -12,7 +12,18 @@ import typer
 from rich.console import Console
 
 from ..errors import ExitCode, Gpt1Error
-from . import demo_cmd, generate_cmd, pretrain_cmd, tokenize_cmd
+from . import (
+    bench_cmd,
+    convert_cmd,
+    demo_cmd,
+    eval_cmd,
+    finetune_cmd,
+    generate_cmd,
+    make_task_cmd,
+    predict_cmd,
+    pretrain_cmd,
+    tokenize_cmd,
+)
 
 app = typer.Typer(
     name="gpt1",
@@ -25,6 +36,12 @@ app = typer.Typer(
 app.command("tokenize")(tokenize_cmd.tokenize)
 app.command("pretrain")(pretrain_cmd.pretrain)
 app.command("generate")(generate_cmd.generate)
+app.command("finetune")(finetune_cmd.finetune)
+app.command("eval")(eval_cmd.eval_)
+app.command("predict")(predict_cmd.predict)
+app.command("make-task")(make_task_cmd.make_task)
+app.command("convert")(convert_cmd.convert)
+app.command("bench")(bench_cmd.bench)
 app.command("demo")(demo_cmd.demo)
 
 _err = Console(stderr=True, highlight=False)

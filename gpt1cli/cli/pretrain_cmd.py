@@ -10,6 +10,7 @@ from rich.console import Console
 
 from ..config import PRESETS
 from ..train.pretrain import PretrainConfig
+from ..train.distributed import world_from_env
 from ..train.pretrain import pretrain as run_pretrain
 
 
@@ -37,6 +38,8 @@ def pretrain(
     stop_after: Optional[int] = typer.Option(None, help="End this invocation after step N (checkpointed) without changing the schedule."),
     device: str = typer.Option("auto", help="auto (CUDA when available), cpu or cuda."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
+    parallel: str = typer.Option("ddp", help="Under torchrun: ddp (replicated) or fsdp (FSDP2, blocks sharded, bf16 on CUDA)."),
+    dist_timeout: float = typer.Option(600.0, help="Seconds a rank waits for the others before the job fails."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint, exactly."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -46,9 +49,11 @@ def pretrain(
         grad_accum=grad_accum, lr=lr, warmup=warmup, weight_decay=weight_decay, grad_clip=grad_clip, dropout=dropout,
         seed=seed, eval_every=eval_every, eval_tokens=eval_tokens, ckpt_every=ckpt_every, keep=keep,
         log_every=log_every, max_bad_steps=max_bad_steps, stop_after=stop_after, device=device, compile=compile,
-        resume=resume,
+        parallel=parallel, dist_timeout=dist_timeout, resume=resume,
     )
     summary = run_pretrain(config, show_progress=not quiet)
+    if world_from_env().rank != 0:
+        return
     val = summary.get("val") or {}
     Console().print(
         f"trained to step {summary['stopped_at']} of {summary['steps']}: loss {summary['loss']:.4f}, "

@@ -11,11 +11,11 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import Gpt1Error
-from ..fileio import atomic_copy, atomic_write_json, file_hash
+from ..fileio import atomic_write_json, file_hash
 from ..progress import progress_bar
 from .corpus import expand_inputs, iter_documents, split_long_line
 from .shards import FORMAT, FORMAT_VERSION, MANIFEST, TOKENIZER_FILE, ShardWriter, token_dtype
-from .tokenizer import MAX_SENTENCE_BYTES, SentencePieceTokenizer, train_sentencepiece
+from .tokenizer import MAX_SENTENCE_BYTES, load_tokenizer, tokenizer_filename, train_sentencepiece
 
 ENCODE_BATCH_LINES = 4096
 
@@ -70,18 +70,17 @@ def tokenize_corpus(
     (out_dir / MANIFEST).unlink(missing_ok=True)
     threads = num_threads or os.cpu_count() or 1
 
-    tokenizer_path = out_dir / TOKENIZER_FILE
     if tokenizer is None:
+        tokenizer_path = out_dir / TOKENIZER_FILE
         with progress_bar("training tokenizer", None, enabled=show_progress):
             tok = train_sentencepiece(
                 _training_sentences(paths, errors), tokenizer_path, vocab_size,
                 max_sentences=max_train_sentences, num_threads=threads,
             )
     else:
-        source = SentencePieceTokenizer(tokenizer)  # validates before copying
-        if Path(tokenizer).resolve() != tokenizer_path.resolve():
-            atomic_copy(source.path, tokenizer_path)
-        tok = SentencePieceTokenizer(tokenizer_path)
+        source = load_tokenizer(tokenizer)  # validates before anything is written
+        tokenizer_path = source.save(out_dir / tokenizer_filename(source))
+        tok = load_tokenizer(tokenizer_path)
 
     dtype = token_dtype(tok.vocab_size)
     writers = {split: ShardWriter(out_dir, split, dtype, tokens_per_shard) for split in ("train", "val")}
@@ -126,7 +125,7 @@ def tokenize_corpus(
         "version": FORMAT_VERSION,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "tokenizer": {
-            "file": TOKENIZER_FILE,
+            "file": tokenizer_path.name,
             "kind": tok.kind,
             "blake2b": file_hash(tokenizer_path),
             "vocab_size": tok.vocab_size,

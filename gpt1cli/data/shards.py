@@ -171,7 +171,7 @@ class ShardDataset:
             self.val = TokenSplit(self.directory, "val", splits["val"], self.dtype)
         except (KeyError, TypeError, ValueError) as exc:
             raise Gpt1Error(f"{manifest_path} is incomplete or malformed ({exc!r}); re-run `gpt1 tokenize`") from None
-        self.tokenizer_path = self.directory / TOKENIZER_FILE
+        self.tokenizer_path = self.directory / str(tokenizer.get("file", TOKENIZER_FILE))
 
     def split(self, name: str) -> TokenSplit:
         return {"train": self.train, "val": self.val}[name]

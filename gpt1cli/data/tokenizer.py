@@ -23,9 +23,15 @@ MIN_VOCAB = 256 + 6 + 2  # byte fallback pieces + reserved ids + room for merges
 
 
 class SentencePieceTokenizer:
-    """A trained SentencePiece model, loaded from its ``.model`` file."""
+    """A trained SentencePiece model, loaded from its ``.model`` file.
+
+    The tokenizer interface every command relies on: ``kind``, ``file_suffix``, ``vocab_size``,
+    ``specials`` (pad, eos, start, delim, extract ids), ``encode``, ``encode_batch``, ``decode``,
+    ``hash`` and ``save`` (one self-contained file).
+    """
 
     kind = "sentencepiece"
+    file_suffix = ".model"
 
     def __init__(self, path: str | Path):
         import sentencepiece as spm
@@ -71,6 +77,13 @@ class SentencePieceTokenizer:
 
     def hash(self) -> str:
         return file_hash(self.path)
+
+    def save(self, path: str | Path) -> Path:
+        """Copy the model file to ``path`` atomically (no-op when it is already there)."""
+        path = Path(path)
+        if path.resolve() != self.path.resolve():
+            atomic_write_bytes(path, self.path.read_bytes())
+        return path
 
     def encode(self, text: str) -> list[int]:
         return self._sp.Encode(text)
@@ -143,6 +156,22 @@ def train_sentencepiece(
     return SentencePieceTokenizer(out_path)
 
 
-def load_tokenizer(path: str | Path) -> SentencePieceTokenizer:
-    """Load the tokenizer stored at ``path``."""
-    return SentencePieceTokenizer(path)
+OPENAI_PREFIX = "openai:"
+
+
+def load_tokenizer(spec: str | Path):
+    """Load a tokenizer: a SentencePiece ``.model`` file, our single-file ``.json`` form of the
+    original GPT-1 BPE, or ``openai:DIR`` (the original release's encoder and merges files)."""
+    text = str(spec)
+    if text.startswith(OPENAI_PREFIX) or Path(text).suffix == ".json":
+        from .openai_bpe import OpenAIBPETokenizer  # added by the interoperability work
+
+        if text.startswith(OPENAI_PREFIX):
+            return OpenAIBPETokenizer.from_release_dir(text[len(OPENAI_PREFIX):])
+        return OpenAIBPETokenizer.load(text)
+    return SentencePieceTokenizer(spec)
+
+
+def tokenizer_filename(tokenizer) -> str:
+    """The name a tokenizer is stored under beside shards and in checkpoints."""
+    return "tokenizer" + tokenizer.file_suffix

@@ -129,8 +129,23 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, idx: torch.Tensor, *, cache: KVCache | None = None, key_lengths=None) -> torch.Tensor:
-        """Final hidden states ``(B, T, d_model)`` for token ids ``idx`` ``(B, T)``."""
+    def forward(
+        self,
+        idx: torch.Tensor,
+        *,
+        targets: torch.Tensor | None = None,
+        reduction: str = "mean",
+        cache: KVCache | None = None,
+        key_lengths=None,
+    ) -> torch.Tensor:
+        """Final hidden states ``(B, T, d_model)`` for token ids ``idx`` ``(B, T)``; with ``targets``
+        the LM loss instead (computed inside forward so sharded wrappers see the tied weight)."""
+        hidden = self.hidden_states(idx, cache=cache, key_lengths=key_lengths)
+        if targets is None:
+            return hidden
+        return self.lm_loss(hidden, targets, reduction=reduction)
+
+    def hidden_states(self, idx: torch.Tensor, *, cache: KVCache | None = None, key_lengths=None) -> torch.Tensor:
         start = cache.length if cache is not None else 0
         time = idx.shape[1]
         if start + time > self.config.n_ctx:

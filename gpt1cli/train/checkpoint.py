@@ -7,7 +7,8 @@ is replaced atomically, so a crash at any moment leaves the previous checkpoint 
 A checkpoint folder holds:
 * ``model.safetensors`` - the weights (the tied output shares the token embedding);
 * ``checkpoint.json``   - model config, tokenizer hash, weights hash, task, metrics, step;
-* ``tokenizer.model``   - a copy of the tokenizer, so the checkpoint stands alone;
+* ``tokenizer.model``   - a copy of the tokenizer, so the checkpoint stands alone (another
+  tokenizer kind keeps its own suffix; ``checkpoint.json`` names the file);
 * ``trainer.safetensors`` + ``trainer.json`` (training checkpoints only) - optimiser moments,
   RNG states and loop state for an exact ``--resume``.
 """
@@ -51,7 +52,7 @@ class Checkpoint:
 
     @property
     def tokenizer_path(self) -> Path:
-        return self.path / TOKENIZER
+        return self.path / str(self.meta.get("tokenizer_file", TOKENIZER))
 
     @property
     def step(self) -> int:
@@ -103,14 +104,16 @@ def save_checkpoint(
             shutil.rmtree(tmp)
         tmp.mkdir()
         _save_tensors(model_state, tmp / WEIGHTS)
-        shutil.copyfile(tokenizer_path, tmp / TOKENIZER)
+        tokenizer_name = TOKENIZER if Path(tokenizer_path).suffix == ".model" else "tokenizer" + Path(tokenizer_path).suffix
+        shutil.copyfile(tokenizer_path, tmp / tokenizer_name)
         record = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
             "step": step,
             "model": config.to_dict(),
             "weights_blake2b": file_hash(tmp / WEIGHTS),
-            "tokenizer_blake2b": file_hash(tmp / TOKENIZER),
+            "tokenizer_file": tokenizer_name,
+            "tokenizer_blake2b": file_hash(tmp / tokenizer_name),
             **(meta or {}),
         }
         if trainer_tensors is not None:
@@ -175,8 +178,8 @@ def load_checkpoint(path: str | Path, *, with_trainer: bool = False) -> Checkpoi
     config = ModelConfig.from_dict(meta["model"])
     state = _load_tensors(folder / WEIGHTS, meta.get("weights_blake2b"), "weights")
     checkpoint = Checkpoint(folder, meta, config, state)
-    if not (folder / TOKENIZER).is_file():
-        raise Gpt1Error(f"{folder} lacks {TOKENIZER}: the checkpoint is incomplete")
+    if not checkpoint.tokenizer_path.is_file():
+        raise Gpt1Error(f"{folder} lacks {checkpoint.tokenizer_path.name}: the checkpoint is incomplete")
     if with_trainer:
         if not (folder / TRAINER_META).is_file():
             raise Gpt1Error(f"{folder} holds weights only, no training state to resume from")
@@ -216,3 +219,25 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, params: dict[str, torch.
             state = {k[len(prefix):]: v.to(param.device) for k, v in tensors.items() if k.startswith(prefix)}
             if state:
                 optimizer.state[param] = state
+
+
+def optimizer_to_full_state(full: dict) -> tuple[dict, list]:
+    """Our flat layout from ``torch.distributed.checkpoint``'s full optimiser state (keyed by name)."""
+    tensors = {}
+    for name, state in full["state"].items():
+        for key, value in state.items():
+            tensors[f"optim.{name}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    return tensors, [dict(group) for group in full["param_groups"]]
+
+
+def optimizer_from_full_state(model, optimizer, groups: list, tensors: dict) -> None:
+    """Load our flat layout into an optimiser over sharded parameters."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    state: dict[str, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            name, _, field = key[len("optim."):].rpartition(".")
+            state.setdefault(name, {})[field] = value
+    set_optimizer_state_dict(model, optimizer, {"state": state, "param_groups": groups},
+                             options=StateDictOptions(full_state_dict=True))

@@ -10,6 +10,11 @@ from ..data.shards import TokenSplit, eval_windows
 from ..runtime import autocast
 
 
+def _config(model):
+    """The model config, also through a DDP wrapper."""
+    return model.module.config if hasattr(model, "module") else model.config
+
+
 @torch.no_grad()
 def evaluate_lm(model, split: TokenSplit, *, device: torch.device, max_tokens: int | None = None, batch_size: int = 8) -> dict:
     """Mean next-token loss over non-overlapping windows of ``split``.
@@ -19,7 +24,7 @@ def evaluate_lm(model, split: TokenSplit, *, device: torch.device, max_tokens: i
     """
     was_training = model.training
     model.eval()
-    n_ctx = model.config.n_ctx
+    n_ctx = _config(model).n_ctx
     windows = eval_windows(split, n_ctx, max_tokens)
     total_loss, total_tokens = 0.0, 0
     try:
@@ -33,8 +38,7 @@ def evaluate_lm(model, split: TokenSplit, *, device: torch.device, max_tokens: i
             inputs = batch[:, :-1].clamp(min=0)
             targets = batch[:, 1:]
             with autocast(device):
-                hidden = model(inputs)
-                loss = model.lm_loss(hidden, targets, reduction="sum")
+                loss = model(inputs, targets=targets, reduction="sum")
             total_loss += float(loss)
             total_tokens += int((targets != -100).sum())
     finally:

@@ -17,14 +17,33 @@ from ..fileio import file_hash
 from ..model import ops
 from ..model.gpt import GPT
 from ..progress import progress_bar
-from ..runtime import autocast, pick_device, seed_everything
-from .checkpoint import CHECKPOINTS, LATEST, load_checkpoint, optimizer_tensors, restore_optimizer, save_checkpoint
+from ..runtime import autocast, seed_everything, step_seed
+from .checkpoint import (
+    CHECKPOINTS,
+    LATEST,
+    load_checkpoint,
+    optimizer_from_full_state,
+    optimizer_tensors,
+    optimizer_to_full_state,
+    restore_optimizer,
+    save_checkpoint,
+)
+from .distributed import (
+    World,
+    all_reduce_mean,
+    barrier,
+    distributed_session,
+    full_state,
+    gradient_sync,
+    unwrap,
+    wrap_model,
+)
 from .evaluate import evaluate_lm
 from .metrics import MetricsLog
 from .optim import make_optimizer, warmup_cosine
 
 # Settings a resumed run may change; everything else must stay as saved for an exact resume.
-RESUMABLE_CHANGES = ("steps", "stop_after", "eval_every", "ckpt_every", "keep", "log_every", "eval_tokens")
+RESUMABLE_CHANGES = ("steps", "stop_after", "parallel", "dist_timeout", "eval_every", "ckpt_every", "keep", "log_every", "eval_tokens")
 
 
 @dataclass
@@ -53,6 +72,8 @@ class PretrainConfig:
     max_bad_steps: int = 10
     device: str = "auto"
     compile: bool = False
+    parallel: str = "ddp"
+    dist_timeout: float = 600.0
     resume: bool = False
     stop_after: int | None = None  # end this invocation after that step (checkpointed), schedule unchanged
 
@@ -90,21 +111,16 @@ def _named(model: torch.nn.Module) -> tuple[dict, dict]:
     return params, {p: n for n, p in params.items()}
 
 
-def _rng_tensors(device: torch.device) -> dict[str, torch.Tensor]:
-    tensors = {"rng.cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
-    return tensors
-
-
-def _restore_rng(tensors: dict, device: torch.device) -> None:
-    torch.set_rng_state(tensors["rng.cpu"])
-    if device.type == "cuda" and "rng.cuda" in tensors:
-        torch.cuda.set_rng_state(tensors["rng.cuda"], device)
-
-
 def pretrain(config: PretrainConfig, *, show_progress: bool = True) -> dict:
-    """Train a model on ``config.shards``; checkpoints and metrics go to ``config.out``. Returns a summary."""
+    """Train a model on ``config.shards``; checkpoints and metrics go to ``config.out``. Returns a summary.
+
+    Under torchrun every rank runs this; rank 0 alone logs and writes checkpoints.
+    """
+    with distributed_session(config.device, config.dist_timeout) as (world, device):
+        return _pretrain(config, world, device, show_progress)
+
+
+def _pretrain(config: PretrainConfig, world: World, device: torch.device, show_progress: bool) -> dict:
     out = Path(config.out)
     has_checkpoints = (out / CHECKPOINTS / LATEST).is_file()
     resume_from = None
@@ -119,9 +135,11 @@ def pretrain(config: PretrainConfig, *, show_progress: bool = True) -> dict:
     elif has_checkpoints:
         raise Gpt1Error(f"{out} already holds a run: pass --resume to continue it or choose another --out")
     config = config.resolved()
+    if config.batch_size % (config.grad_accum * world.world_size):
+        raise Gpt1Error(f"--batch-size {config.batch_size} must be divisible by --grad-accum x processes "
+                        f"({config.grad_accum} x {world.world_size})")
 
     data = ShardDataset(config.shards)
-    device = pick_device(config.device)
     seed_everything(config.seed)
     if resume_from is not None:
         model_config = resume_from.config
@@ -132,41 +150,56 @@ def pretrain(config: PretrainConfig, *, show_progress: bool = True) -> dict:
                               dropout=config.dropout, attn_dropout=config.dropout)
     sampler = WindowSampler(data.train, model_config.n_ctx, config.seed)
 
-    model = GPT(model_config).to(device)
+    model = GPT(model_config)
+    if resume_from is not None:
+        model.load_state_dict(resume_from.state_dict)  # before sharding: every rank holds the full weights
+    model = model.to(device)
+    sharded = world.distributed and config.parallel == "fsdp"
+    wrapped = wrap_model(model, config.parallel, world, device)
     optimizer = make_optimizer(model, config.lr, config.weight_decay)
     params, names = _named(model)
     start_step, best_val = 0, math.inf
     if resume_from is not None:
-        model.load_state_dict(resume_from.state_dict)
         trainer = resume_from.trainer_meta
-        restore_optimizer(optimizer, params, trainer["optimizer_groups"], resume_from.trainer_tensors)
-        _restore_rng(resume_from.trainer_tensors, device)
+        if sharded:
+            optimizer_from_full_state(wrapped, optimizer, trainer["optimizer_groups"], resume_from.trainer_tensors)
+        else:
+            restore_optimizer(optimizer, params, trainer["optimizer_groups"], resume_from.trainer_tensors)
         start_step = int(trainer["step"])
         best_val = float(trainer.get("best_val", math.inf))
-    step_model = torch.compile(model) if config.compile else model
+    step_model = torch.compile(wrapped) if config.compile else wrapped
+    eval_model = wrapped if sharded else model
 
-    log = MetricsLog(out / "metrics.jsonl")
-    micro_batch = config.batch_size // config.grad_accum
+    log = MetricsLog(out / "metrics.jsonl" if world.is_main else None)
+    show_progress = show_progress and world.is_main
+    micro_batch = config.batch_size // (config.grad_accum * world.world_size)
     tokens_per_step = config.batch_size * model_config.n_ctx
     kernels = ops.describe_path(device)
+    parameters = sum(p.numel() for p in GPT(model_config).parameters()) if sharded else model.num_parameters()
     if resume_from is None:
-        log.write("config", config=dataclasses.asdict(config), model=model_config.to_dict(),
-                  parameters=model.num_parameters(), kernels=kernels, device=str(device))
+        log.write("config", config=dataclasses.asdict(config), model=model_config.to_dict(), parameters=parameters,
+                  kernels=kernels, device=str(device), world_size=world.world_size)
     else:
-        log.write("resume", step=start_step, kernels=kernels, device=str(device))
+        log.write("resume", step=start_step, kernels=kernels, device=str(device), world_size=world.world_size)
 
     def checkpoint(step: int, val: dict | None) -> None:
-        tensors, groups = optimizer_tensors(optimizer, names)
-        tensors.update(_rng_tensors(device))
-        save_checkpoint(
-            out, step, model_state=model.state_dict(), config=model_config, tokenizer_path=data.tokenizer_path,
-            meta={"kind": "pretrain", "tokenizer_blake2b": data.tokenizer_hash, "task": None,
-                  "metrics": {"val": val} if val else {}},
-            trainer_tensors=tensors,
-            trainer_meta={"step": step, "config": dataclasses.asdict(config), "optimizer_groups": groups,
-                          "best_val": best_val},
-            keep=config.keep,
-        )
+        # Every rank takes part in gathering a sharded state; rank 0 alone writes.
+        if sharded:
+            model_state, full_optim = full_state(wrapped, optimizer, config.parallel, world)
+            tensors, groups = optimizer_to_full_state(full_optim) if world.is_main else ({}, [])
+        else:
+            model_state = model.state_dict()
+            tensors, groups = optimizer_tensors(optimizer, names)
+        if world.is_main:
+            save_checkpoint(
+                out, step, model_state=model_state, config=model_config, tokenizer_path=data.tokenizer_path,
+                meta={"kind": "pretrain", "task": None, "metrics": {"val": val} if val else {}},
+                trainer_tensors=tensors,
+                trainer_meta={"step": step, "config": dataclasses.asdict(config), "optimizer_groups": groups,
+                              "best_val": best_val, "world_size": world.world_size},
+                keep=config.keep,
+            )
+        barrier(world)
 
     model.train()
     last_val, bad_steps, loss_value = None, 0, float("nan")
@@ -179,15 +212,20 @@ def pretrain(config: PretrainConfig, *, show_progress: bool = True) -> dict:
             lr = warmup_cosine(step, max_lr=config.lr, warmup=config.warmup, total=config.steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batch = torch.from_numpy(sampler.windows(sampler.starts(step, config.batch_size)))
+            # One global batch per step from (seed, step); micro-step m of rank r takes slice m * world + r.
+            starts = sampler.starts(step, config.batch_size)
+            # Dropout masks too are a function of (seed, rank, step), so resumption is exact.
+            torch.manual_seed(step_seed(config.seed, world.rank, step))
             step_loss = 0.0
             for micro in range(config.grad_accum):
-                rows = batch[micro * micro_batch : (micro + 1) * micro_batch].to(device, non_blocking=True)
-                with autocast(device):
-                    hidden = step_model(rows[:, :-1])
-                    loss = model.lm_loss(hidden, rows[:, 1:]) / config.grad_accum
-                loss.backward()
+                part = (micro * world.world_size + world.rank) * micro_batch
+                rows = torch.from_numpy(sampler.windows(starts[part : part + micro_batch])).to(device, non_blocking=True)
+                with gradient_sync(wrapped, micro == config.grad_accum - 1):
+                    with autocast(device):
+                        loss = step_model(rows[:, :-1], targets=rows[:, 1:]) / config.grad_accum
+                    loss.backward()
                 step_loss += float(loss.detach())
+            step_loss = all_reduce_mean(step_loss, world, device)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             if not (math.isfinite(step_loss) and math.isfinite(float(grad_norm))):
                 bad_steps += 1
@@ -212,7 +250,7 @@ def pretrain(config: PretrainConfig, *, show_progress: bool = True) -> dict:
                 summary["tokens_per_s"] = tok_s
                 window_tokens, window_start = 0, time.perf_counter()
             if done % config.eval_every == 0 or done == config.steps:
-                last_val = evaluate_lm(model, data.val, device=device, max_tokens=config.eval_tokens)
+                last_val = evaluate_lm(eval_model, data.val, device=device, max_tokens=config.eval_tokens)
                 best_val = min(best_val, last_val["loss"])
                 log.write("eval", step=done, **{f"val_{k}": v for k, v in last_val.items()})
                 bar.log(f"step {done}: val loss {last_val['loss']:.4f}  ppl {last_val['ppl']:.2f}  bpb {last_val['bpb']:.4f}")
@@ -221,6 +259,6 @@ def pretrain(config: PretrainConfig, *, show_progress: bool = True) -> dict:
                 checkpoint(done, last_val)
                 window_start = time.perf_counter()
             bar.advance(1)
-    summary.update(steps=config.steps, stopped_at=end_step, loss=loss_value, val=last_val, parameters=model.num_parameters(),
-                   kernels=kernels, out=str(out))
+    summary.update(steps=config.steps, stopped_at=end_step, loss=loss_value, val=last_val, parameters=parameters,
+                   kernels=kernels, out=str(out), world_size=world.world_size)
     return summary

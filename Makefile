@@ -1,0 +1,34 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   - create .venv, install, run the whole pipeline on the embedded corpus
+#   make test   - create .venv, install, run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# A CPU build of torch; on a CPU box this keeps pip from pulling a multi-GB CUDA build.
+TORCH_PIN ?= torch==2.13.0
+
+.PHONY: demo test test-gpu bench install clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_PIN)" || echo "note: $(TORCH_PIN) not available here; torch comes from the project's dependencies"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/gpt1 demo
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+test-gpu: $(VENV)/.installed
+	$(PY) -m pytest -q -m gpu
+
+bench: $(VENV)/.installed
+	$(VENV)/bin/gpt1 bench all
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache

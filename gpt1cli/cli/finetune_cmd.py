@@ -1,0 +1,45 @@
+"""`gpt1 finetune`: adapt a pre-trained run to a labelled task with one linear head."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from ..tasks.finetune import FinetuneConfig
+from ..tasks.finetune import finetune as run_finetune
+
+
+def finetune(
+    task: str = typer.Option(..., help="classify, entail, similar or mcq."),
+    train: Path = typer.Option(..., help="Training examples (.jsonl, .csv or .parquet; fields per task in the README)."),
+    val: Path = typer.Option(..., help="Validation examples; the best checkpoint by --metric on them is kept."),
+    from_run: Path = typer.Option(..., "--from", help="Pre-trained checkpoint or run directory."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory for the fine-tuned checkpoint and metrics.jsonl."),
+    init: str = typer.Option("pretrained", help="pretrained, or random: same model and tokenizer with fresh weights (no pre-training)."),
+    regression: bool = typer.Option(False, "--regression", help="similar only: a numeric target with MSE loss (as STS-B)."),
+    lm_coef: float = typer.Option(0.5, help="lambda of the auxiliary LM loss L1 (0 turns it off)."),
+    lr: float = typer.Option(6.25e-5, help="Peak learning rate."),
+    batch_size: int = typer.Option(32, help="Examples per step."),
+    epochs: int = typer.Option(3, help="Passes over the training examples."),
+    warmup_fraction: float = typer.Option(0.002, help="Share of training spent in linear warm-up before linear decay."),
+    weight_decay: float = typer.Option(0.01, help="AdamW decay on weights (not biases or gains)."),
+    head_dropout: float = typer.Option(0.1, help="Dropout before the linear head."),
+    metric: Optional[str] = typer.Option(None, help="Model selection: accuracy, macro_f1, mcc, pearson, spearman [default: accuracy, pearson with --regression]."),
+    eval_every: Optional[int] = typer.Option(None, help="Validate every N steps [default: once per epoch]."),
+    seed: int = typer.Option(0, help="Seed of the head, dropout and example order."),
+    device: str = typer.Option("auto", help="auto (CUDA when available), cpu or cuda."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Fine-tune with the paper's input transformations and loss L3 = L2 + lambda * L1."""
+    config = FinetuneConfig(
+        task=task, train=str(train), val=str(val), from_run=str(from_run), out=str(out), init=init,
+        regression=regression, lm_coef=lm_coef, lr=lr, batch_size=batch_size, epochs=epochs,
+        warmup_fraction=warmup_fraction, weight_decay=weight_decay, head_dropout=head_dropout, metric=metric,
+        eval_every=eval_every, seed=seed, device=device,
+    )
+    summary = run_finetune(config, show_progress=not quiet)
+    Console().print(f"{summary['task']}: best val {summary['metric']} {summary['best']:.4f} after {summary['steps']} steps "
+                    f"({summary['seconds']} s); checkpoint in {out}/checkpoints")

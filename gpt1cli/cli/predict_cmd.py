@@ -1,0 +1,22 @@
+"""`gpt1 predict`: labels and probabilities of a fine-tuned checkpoint, one JSON line per example."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from ..runtime import pick_device
+from ..tasks.evaluate import predict as run_predict
+
+
+def predict(
+    ckpt: Path = typer.Option(..., help="Fine-tuned checkpoint or run directory."),
+    data: Path = typer.Option(..., help="Examples (.jsonl, .csv, .parquet); labels are not needed."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output JSONL: one prediction per example, in order."),
+    device: str = typer.Option("auto", help="auto (CUDA when available), cpu or cuda."),
+) -> None:
+    """Predict labels (or values, with regression) for every example of --data."""
+    count = run_predict(ckpt, data, out, pick_device(device))
+    Console().print(f"{count} predictions written to {out}")

@@ -1,0 +1,86 @@
+"""`gpt1 make-task cloze`: a story-cloze style multiple-choice task from any corpus.
+
+Like ROCStories: a passage of consecutive sentences, then a choice among k endings, one of
+them the sentence that really came next, the others sentences drawn from other documents.
+Passages are split into train/val/test with a fixed seed; nothing is copied from elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+
+from ..data.corpus import expand_inputs, iter_documents
+from ..errors import Gpt1Error
+from ..fileio import atomic_path, atomic_write_json
+
+# A sentence ends at ., ! or ? followed by space and an upper-case letter or a quote.
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
+MIN_SENTENCE_CHARS = 20
+MAX_SENTENCE_CHARS = 300
+
+
+def sentences_of(text: str) -> list[str]:
+    """Prose sentences of a text, dropping fragments, code-like lines and very long runs."""
+    flat = " ".join(text.split())
+    out = []
+    for sentence in _SENTENCE_END.split(flat):
+        sentence = sentence.strip()
+        letters = sum(ch.isalpha() for ch in sentence)
+        if MIN_SENTENCE_CHARS <= len(sentence) <= MAX_SENTENCE_CHARS and letters >= 0.6 * len(sentence):
+            out.append(sentence)
+    return out
+
+
+def make_cloze(
+    inputs: list[str],
+    out_dir: str | Path,
+    *,
+    context_sentences: int = 3,
+    choices: int = 2,
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+    max_examples: int | None = None,
+) -> dict:
+    """Write ``train.jsonl``, ``val.jsonl``, ``test.jsonl`` and ``task.json`` to ``out_dir``."""
+    if context_sentences < 1 or choices < 2:
+        raise Gpt1Error("--context-sentences must be >= 1 and --choices >= 2")
+    paths = expand_inputs(inputs)
+    documents = [s for s in (sentences_of(" ".join(d.lines)) for d in iter_documents(paths)) if s]
+    rng = random.Random(seed)
+    passages = []  # (document index, context sentences, true ending)
+    span = context_sentences + 1
+    for index, sents in enumerate(documents):
+        for start in range(0, len(sents) - span + 1, span):  # non-overlapping, so no ending is reused
+            passages.append((index, sents[start : start + context_sentences], sents[start + context_sentences]))
+    if len(passages) < 10 or len(documents) < 2:
+        raise Gpt1Error(f"the corpus yields {len(passages)} passages of {span} sentences from {len(documents)} documents: "
+                        "too few for a task; use more text or fewer --context-sentences")
+    rng.shuffle(passages)
+    if max_examples:
+        passages = passages[:max_examples]
+    pool = [(i, s) for i, sents in enumerate(documents) for s in sents]
+    examples = []
+    for doc_index, context, ending in passages:
+        distractors = []
+        while len(distractors) < choices - 1:
+            other_doc, sentence = pool[rng.randrange(len(pool))]
+            if other_doc != doc_index and sentence != ending and sentence not in distractors:
+                distractors.append(sentence)
+        options = [ending, *distractors]
+        rng.shuffle(options)
+        examples.append({"context": " ".join(context), "choices": options, "label": options.index(ending)})
+    n_train = int(len(examples) * split[0])
+    n_val = int(len(examples) * split[1])
+    parts = {"train": examples[:n_train], "val": examples[n_train : n_train + n_val], "test": examples[n_train + n_val :]}
+    out = Path(out_dir)
+    for name, rows in parts.items():
+        with atomic_path(out / f"{name}.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(row) + "\n")
+    info = {"task": "mcq", "kind": "cloze", "choices": choices, "context_sentences": context_sentences, "seed": seed,
+            "inputs": [str(p) for p in paths], "examples": {k: len(v) for k, v in parts.items()}}
+    atomic_write_json(out / "task.json", info)
+    return info

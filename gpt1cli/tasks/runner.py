@@ -1,0 +1,94 @@
+"""Shared machinery of fine-tuning, evaluation and prediction: encoding, batching, inference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import Gpt1Error
+from ..model.gpt import GPT
+from ..runtime import autocast
+from ..train.checkpoint import Checkpoint, load_checkpoint
+from .data import Example
+from .model import Batch, TaskModel, collate
+from .transforms import Specials, transform
+
+
+def specials_of(tokenizer) -> Specials:
+    return Specials(start=tokenizer.start_id, delim=tokenizer.delim_id, extract=tokenizer.extract_id)
+
+
+def encode_examples(examples: list[Example], task: str, tokenizer, n_ctx: int) -> list[list[list[int]]]:
+    specials = specials_of(tokenizer)
+    return [transform(e, task, tokenizer.encode, specials, n_ctx) for e in examples]
+
+
+def label_indices(examples: list[Example], labels: list, regression: bool) -> list:
+    """Class indices in the checkpoint's label set (or float targets)."""
+    if regression:
+        return [float(e.label) for e in examples]
+    index = {label: i for i, label in enumerate(labels)}
+    out = []
+    for example in examples:
+        if example.label not in index:
+            raise Gpt1Error(f"{example.where}: label {example.label!r} was not seen in training (labels: {labels})")
+        out.append(index[example.label])
+    return out
+
+
+def batches(encoded, targets, pad_id: int, batch_size: int, regression: bool, order=None):
+    order = range(len(encoded)) if order is None else order
+    order = list(order)
+    for i in range(0, len(order), batch_size):
+        ids = order[i : i + batch_size]
+        labels = None if targets is None else [targets[j] for j in ids]
+        yield ids, collate([encoded[j] for j in ids], labels, pad_id, regression)
+
+
+@torch.no_grad()
+def infer(model: TaskModel, encoded, pad_id: int, device, batch_size: int = 32, regression: bool = False) -> torch.Tensor:
+    """Task logits (or regression outputs) for every example, in order."""
+    was_training = model.training
+    model.eval()
+    outputs = []
+    try:
+        for _, batch in batches(encoded, None, pad_id, batch_size, regression):
+            with autocast(device):
+                logits, _ = model(batch.to(device))
+            outputs.append(logits.float().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(outputs)
+
+
+def task_state(model: TaskModel) -> dict[str, torch.Tensor]:
+    """Weights in the checkpoint layout: decoder names as in pre-training, plus ``head.*``."""
+    state = {}
+    for name, tensor in model.state_dict().items():
+        state[name[len("gpt."):] if name.startswith("gpt.") else name] = tensor
+    return state
+
+
+def load_task_model(path: str | Path, device, task: str | None = None) -> tuple[TaskModel, Checkpoint]:
+    """A fine-tuned checkpoint as a :class:`TaskModel` in eval mode."""
+    checkpoint = load_checkpoint(path)
+    info = checkpoint.task
+    if not info:
+        raise Gpt1Error(f"{checkpoint.path} is a pre-trained checkpoint without a task head: fine-tune it with `gpt1 finetune`")
+    if task is not None and info["name"] != task:
+        raise Gpt1Error(f"{checkpoint.path} was fine-tuned for the {info['name']} task, not {task}")
+    gpt = GPT(checkpoint.config)
+    model = TaskModel(gpt, info["name"], int(info["n_outputs"]))
+    state = {("gpt." + k if not k.startswith("head.") else k): v for k, v in checkpoint.state_dict.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise Gpt1Error(f"{checkpoint.path}: weights do not fit the task model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model.to(device).eval(), checkpoint
+
+
+def predictions(logits: torch.Tensor, regression: bool) -> tuple[list, torch.Tensor | None]:
+    if regression:
+        return logits.view(-1).tolist(), None
+    probs = torch.softmax(logits, dim=-1)
+    return probs.argmax(dim=-1).tolist(), probs
