@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from ..tasks.finetune import FinetuneConfig
+from ..train.distributed import world_from_env
 from ..tasks.finetune import finetune as run_finetune
 
 
@@ -31,6 +32,8 @@ def finetune(
     eval_every: Optional[int] = typer.Option(None, help="Validate every N steps [default: once per epoch]."),
     seed: int = typer.Option(0, help="Seed of the head, dropout and example order."),
     device: str = typer.Option("auto", help="auto (CUDA when available), cpu or cuda."),
+    parallel: str = typer.Option("ddp", help="Under torchrun: ddp (replicated) or fsdp (FSDP2, blocks sharded)."),
+    dist_timeout: float = typer.Option(600.0, help="Seconds a rank waits for the others before the job fails."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Fine-tune with the paper's input transformations and loss L3 = L2 + lambda * L1."""
@@ -38,8 +41,10 @@ def finetune(
         task=task, train=str(train), val=str(val), from_run=str(from_run), out=str(out), init=init,
         regression=regression, lm_coef=lm_coef, lr=lr, batch_size=batch_size, epochs=epochs,
         warmup_fraction=warmup_fraction, weight_decay=weight_decay, head_dropout=head_dropout, metric=metric,
-        eval_every=eval_every, seed=seed, device=device,
+        eval_every=eval_every, seed=seed, device=device, parallel=parallel, dist_timeout=dist_timeout,
     )
     summary = run_finetune(config, show_progress=not quiet)
+    if world_from_env().rank != 0:
+        return
     Console().print(f"{summary['task']}: best val {summary['metric']} {summary['best']:.4f} after {summary['steps']} steps "
                     f"({summary['seconds']} s); checkpoint in {out}/checkpoints")

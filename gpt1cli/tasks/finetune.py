@@ -16,8 +16,9 @@ from ..errors import Gpt1Error
 from ..model import ops
 from ..model.gpt import GPT
 from ..progress import progress_bar
-from ..runtime import autocast, pick_device, seed_everything
+from ..runtime import autocast, seed_everything, step_seed
 from ..train.checkpoint import CHECKPOINTS, LATEST, load_checkpoint, save_checkpoint
+from ..train.distributed import World, all_reduce_mean, barrier, distributed_session, full_state, wrap_model
 from ..train.metrics import MetricsLog
 from ..train.optim import make_optimizer, warmup_linear
 from .data import TASKS, label_set, load_examples
@@ -51,6 +52,8 @@ class FinetuneConfig:
     eval_every: int | None = None  # steps; default once per epoch
     seed: int = 0
     device: str = "auto"
+    parallel: str = "ddp"
+    dist_timeout: float = 600.0
 
     def check(self) -> "FinetuneConfig":
         if self.task not in TASKS:
@@ -75,8 +78,16 @@ class FinetuneConfig:
 
 
 def finetune(config: FinetuneConfig, *, show_progress: bool = True) -> dict:
-    """Fine-tune ``config.from_run`` on a labelled task; the best checkpoint by validation metric is kept."""
+    """Fine-tune ``config.from_run`` on a labelled task; the best checkpoint by validation metric is kept.
+
+    Under torchrun each step's batch is split across the ranks; rank 0 alone logs and saves.
+    """
     config = config.check()
+    with distributed_session(config.device, config.dist_timeout) as (world, device):
+        return _finetune(config, world, device, show_progress)
+
+
+def _finetune(config: FinetuneConfig, world: World, device: torch.device, show_progress: bool) -> dict:
     out = Path(config.out)
     if (out / CHECKPOINTS / LATEST).is_file():
         raise Gpt1Error(f"{out} already holds a run: choose another --out")
@@ -98,22 +109,27 @@ def finetune(config: FinetuneConfig, *, show_progress: bool = True) -> dict:
     targets = label_indices(train_examples, labels, config.regression) if config.task != "mcq" else [e.label for e in train_examples]
     val_targets = label_indices(val_examples, labels, config.regression) if config.task != "mcq" else [e.label for e in val_examples]
 
-    device = pick_device(config.device)
     seed_everything(config.seed)
     gpt = GPT(source.config)
     if config.init == "pretrained":
         gpt.load_state_dict(source.state_dict)
     model = TaskModel(gpt, config.task, n_outputs, dropout=config.head_dropout).to(device)
+    sharded = world.distributed and config.parallel == "fsdp"
+    wrapped = wrap_model(model, config.parallel, world, device)
+    eval_model = wrapped if sharded else model
     n_ctx = source.config.n_ctx
     encoded = encode_examples(train_examples, config.task, tokenizer, n_ctx)
     val_encoded = encode_examples(val_examples, config.task, tokenizer, n_ctx)
 
     optimizer = make_optimizer(model, config.lr, config.weight_decay)
     steps_per_epoch = math.ceil(len(encoded) / config.batch_size)
+    if world.distributed and config.batch_size < world.world_size:
+        raise Gpt1Error(f"--batch-size {config.batch_size} is smaller than the {world.world_size} processes")
     total = steps_per_epoch * config.epochs
     warmup = int(total * config.warmup_fraction)
     eval_every = config.eval_every or steps_per_epoch
-    log = MetricsLog(out / "metrics.jsonl")
+    log = MetricsLog(out / "metrics.jsonl" if world.is_main else None)
+    show_progress = show_progress and world.is_main
     kernels = ops.describe_path(device)
     log.write("config", config=dataclasses.asdict(config), model=source.config.to_dict(), labels=labels,
               train_examples=len(encoded), val_examples=len(val_encoded), kernels=kernels)
@@ -121,11 +137,53 @@ def finetune(config: FinetuneConfig, *, show_progress: bool = True) -> dict:
                  "n_choices": n_choices, "metric": config.metric, "lm_coef": config.lm_coef, "init": config.init}
 
     def evaluate() -> dict:
-        logits = infer(model, val_encoded, tokenizer.pad_id, device, regression=config.regression)
+        logits = infer(eval_model, val_encoded, tokenizer.pad_id, device, regression=config.regression)
         preds, _ = predictions(logits, config.regression)
         if config.regression:
             return regression_report(val_targets, preds)
         return classification_report(val_targets, preds, logits.shape[-1])
+
+    def train_step(ids: list[int], step: int) -> float | None:
+        """One optimiser step on the global batch ``ids``; None when it is too small to split."""
+        # Each rank takes a strided share of the global batch (the last batch may be uneven).
+        share = [ids[i :: world.world_size] for i in range(world.world_size)]
+        if any(not part for part in share):
+            return None  # a tail too small to give every rank an example: skipped on all ranks alike
+        mine = share[world.rank]
+        _, batch = next(batches([encoded[i] for i in mine], [targets[i] for i in mine], tokenizer.pad_id,
+                                len(mine), config.regression))
+        lr = warmup_linear(step, max_lr=config.lr, warmup=warmup, total=total)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        torch.manual_seed(step_seed(config.seed, world.rank, step))
+        batch = batch.to(device)
+        with autocast(device):
+            logits, lm_loss = wrapped(batch, with_lm_loss=config.lm_coef > 0)
+            if config.regression:
+                task_loss = F.mse_loss(logits.float().view(-1), batch.labels)
+            else:
+                task_loss = ops.cross_entropy(logits.float(), batch.labels)
+            loss = task_loss if lm_loss is None else task_loss + config.lm_coef * lm_loss
+        # DDP averages gradients over ranks; weighting by this rank's share makes that the global mean.
+        (loss * (len(mine) * world.world_size / len(ids))).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_value = all_reduce_mean(float(loss.detach()), world, device)
+        log.write("train", step=step + 1, loss=loss_value, task_loss=float(task_loss.detach()),
+                  lm_loss=None if lm_loss is None else float(lm_loss.detach()), lr=lr)
+        return loss_value
+
+    def save(step: int, report: dict) -> None:
+        # Gathering a sharded state takes every rank; rank 0 alone writes.
+        state = full_state(wrapped, optimizer, config.parallel, world)[0] if sharded else model.state_dict()
+        if world.is_main:
+            save_checkpoint(out, step, model_state=task_state(state), config=source.config,
+                            tokenizer_path=source.tokenizer_path,
+                            meta={"kind": "finetune", "task": task_info, "metrics": {"val": report},
+                                  "from": str(source.path)},
+                            keep=1)
+        barrier(world)
 
     generator = torch.Generator().manual_seed(config.seed)
     best, best_report, step, started = -math.inf, None, 0, time.perf_counter()
@@ -133,40 +191,19 @@ def finetune(config: FinetuneConfig, *, show_progress: bool = True) -> dict:
     with progress_bar(f"fine-tuning {config.task}", total, enabled=show_progress, count=True) as bar:
         for epoch in range(config.epochs):
             order = torch.randperm(len(encoded), generator=generator).tolist()
-            for _, batch in batches(encoded, targets, tokenizer.pad_id, config.batch_size, config.regression, order):
-                lr = warmup_linear(step, max_lr=config.lr, warmup=warmup, total=total)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                batch = batch.to(device)
-                with autocast(device):
-                    logits, lm_loss = model(batch, with_lm_loss=config.lm_coef > 0)
-                    if config.regression:
-                        task_loss = F.mse_loss(logits.float().view(-1), batch.labels)
-                    else:
-                        task_loss = ops.cross_entropy(logits.float(), batch.labels)
-                    if lm_loss is None:
-                        lm_loss = torch.zeros((), device=device)
-                    loss = task_loss + config.lm_coef * lm_loss
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+            for start in range(0, len(order), config.batch_size):
+                loss_value = train_step(order[start : start + config.batch_size], step)
                 step += 1
                 bar.advance(1)
-                bar.update(status=f"loss {float(loss.detach()):.3f}")
-                log.write("train", step=step, epoch=epoch, loss=float(loss.detach()), task_loss=float(task_loss.detach()),
-                          lm_loss=float(lm_loss.detach()), lr=lr)
+                if loss_value is not None:
+                    bar.update(status=f"loss {loss_value:.3f}")
                 if step % eval_every == 0 or step == total:
                     report = evaluate()
                     score = report[config.metric]
                     log.write("eval", step=step, epoch=epoch, **{k: v for k, v in report.items() if k != "confusion"})
                     bar.log(f"step {step}: val {config.metric} {score:.4f}")
-                    if not math.isnan(score) and score > best or best_report is None:
+                    if best_report is None or (not math.isnan(score) and score > best):
                         best, best_report = score, report
-                        save_checkpoint(out, step, model_state=task_state(model), config=source.config,
-                                        tokenizer_path=source.tokenizer_path,
-                                        meta={"kind": "finetune", "task": task_info, "metrics": {"val": best_report},
-                                              "from": str(source.path)},
-                                        keep=1)
+                        save(step, report)
     return {"task": config.task, "steps": step, "best": best, "metric": config.metric, "val": best_report,
             "seconds": round(time.perf_counter() - started, 2), "kernels": kernels, "out": str(out)}

@@ -62,10 +62,10 @@ def infer(model: TaskModel, encoded, pad_id: int, device, batch_size: int = 32, 
     return torch.cat(outputs)
 
 
-def task_state(model: TaskModel) -> dict[str, torch.Tensor]:
-    """Weights in the checkpoint layout: decoder names as in pre-training, plus ``head.*``."""
+def task_state(model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A task model's weights in the checkpoint layout: decoder names as in pre-training, plus ``head.*``."""
     state = {}
-    for name, tensor in model.state_dict().items():
+    for name, tensor in model_state.items():
         state[name[len("gpt."):] if name.startswith("gpt.") else name] = tensor
     return state
 

@@ -1,0 +1,401 @@
+"""transformers' GPT directories (``config.json`` + ``model.safetensors``), read and written as files.
+
+Import reads ``OpenAIGPTLMHeadModel`` / ``OpenAIGPTDoubleHeadsModel`` / ``OpenAIGPTModel`` (our
+``gpt1`` architecture) and ``GPT2LMHeadModel`` / ``GPT2DoubleHeadsModel`` / ``GPT2Model`` (``gpt2``).
+A double-heads model's multiple-choice head (one linear layer on the classification token)
+becomes our ``mcq`` task head. ``pytorch_model.bin`` is a pickle and is read only when asked
+(``allow_pickle``), with ``torch.load(weights_only=True)``.
+
+Export writes the LM-head class of the checkpoint's architecture, or the double-heads class for
+an ``mcq`` checkpoint, with the GELU, LayerNorm epsilon and dropouts of ours, so transformers
+computes the same function. Our own settings that transformers has no place for (the task and
+its label set) travel in ``config.json`` under ``"gpt1cli"`` and come back on import.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..config import ModelConfig
+from ..data.openai_bpe import SPECIAL_TOKENS, UNKNOWN_ID
+from ..data.tokenizer import load_tokenizer
+from ..errors import Gpt1Error
+from ..fileio import atomic_write_bytes, atomic_write_json, read_json
+from ..train.checkpoint import load_checkpoint
+from .layout import (
+    EMBEDDINGS, HF_BASE, HF_LM_HEAD, HF_MC_HEAD, OUR_HEAD, from_hf, hf_shapes, is_hf_buffer, to_hf,
+)
+from .problems import Problems
+from .runs import ImportSummary, check_against_model, check_empty_target, fit_embedding, write_run
+
+CONFIG = "config.json"
+SAFETENSORS = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+PICKLE = "pytorch_model.bin"
+PICKLE_INDEX = "pytorch_model.bin.index.json"
+OUR_KEY = "gpt1cli"  # our settings inside config.json
+OUR_TOKENIZER = "gpt1-tokenizer"  # + the tokenizer's own suffix: a copy of our tokenizer beside the export
+
+MODEL_TYPES = {"openai-gpt": "gpt1", "gpt2": "gpt2"}
+HF_TYPE = {arch: model_type for model_type, arch in MODEL_TYPES.items()}
+CLASSES = {
+    ("gpt1", False): "OpenAIGPTLMHeadModel", ("gpt1", True): "OpenAIGPTDoubleHeadsModel",
+    ("gpt2", False): "GPT2LMHeadModel", ("gpt2", True): "GPT2DoubleHeadsModel",
+}
+# transformers' defaults for keys a config.json may leave out.
+DEFAULTS = {
+    "openai-gpt": dict(vocab_size=40478, n_positions=512, n_embd=768, n_layer=12, n_head=12, afn="gelu"),
+    "gpt2": dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12, n_inner=None,
+                 activation_function="gelu_new", scale_attn_weights=True, scale_attn_by_inverse_layer_idx=False,
+                 add_cross_attention=False),
+}
+COMMON_DEFAULTS = dict(resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1, layer_norm_epsilon=1e-5, tie_word_embeddings=True,
+                       summary_type="cls_index", summary_use_proj=True, summary_activation=None, summary_proj_to_labels=True)
+# Activations equal to our tanh-form GELU. transformers' OpenAI GPT maps afn "gelu" to its tanh form.
+TANH_GELU = {"gpt1": ("afn", {"gelu"}), "gpt2": ("activation_function", {"gelu_new", "gelu_pytorch_tanh", "gelu_fast"})}
+
+
+@dataclass
+class ExportSummary:
+    """What an export produced, for the command's report."""
+
+    out: Path
+    architecture: str
+    files: list[str]
+    notes: list[str]
+
+
+# --- reading ---
+
+
+def _load_safetensors(paths: list[Path]) -> dict[str, torch.Tensor]:
+    tensors: dict[str, torch.Tensor] = {}
+    for path in paths:
+        try:
+            tensors.update(load_file(str(path)))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise Gpt1Error(f"{path} is not a readable safetensors file ({exc})") from None
+    return tensors
+
+
+def _load_pickles(paths: list[Path]) -> dict[str, torch.Tensor]:
+    tensors: dict[str, torch.Tensor] = {}
+    for path in paths:
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError, AttributeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise Gpt1Error(f"{path} cannot be loaded as plain tensors with torch.load(weights_only=True): {first}") from None
+        if not isinstance(data, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in data.items()):
+            raise Gpt1Error(f"{path} does not hold a state dict (names -> tensors)")
+        tensors.update(data)
+    return tensors
+
+
+def _index_files(index: Path) -> list[Path]:
+    weight_map = read_json(index, "weights index").get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise Gpt1Error(f"{index} has no weight_map: it is corrupt")
+    return [index.parent / name for name in sorted(set(map(str, weight_map.values())))]
+
+
+def read_hf_weights(folder: Path, *, allow_pickle: bool = False) -> tuple[dict[str, torch.Tensor], str]:
+    """All tensors of a transformers directory, and the file they came from."""
+    if (folder / SAFETENSORS).is_file():
+        return _load_safetensors([folder / SAFETENSORS]), SAFETENSORS
+    if (folder / SAFETENSORS_INDEX).is_file():
+        return _load_safetensors(_index_files(folder / SAFETENSORS_INDEX)), SAFETENSORS_INDEX
+    pickled = PICKLE if (folder / PICKLE).is_file() else PICKLE_INDEX if (folder / PICKLE_INDEX).is_file() else None
+    if pickled is None:
+        raise Gpt1Error(f"{folder} holds no weights: expected {SAFETENSORS} (or {PICKLE} with --allow-pickle)")
+    if not allow_pickle:
+        raise Gpt1Error(f"{folder} holds only {pickled}, a pickle (loading one can run code): pass --allow-pickle to "
+                        "read it with torch.load(weights_only=True), or save the model as safetensors")
+    paths = [folder / PICKLE] if pickled == PICKLE else _index_files(folder / PICKLE_INDEX)
+    return _load_pickles(paths), pickled
+
+
+def _setting(hf: dict, key: str):
+    model_defaults = DEFAULTS.get(hf.get("model_type"), {})
+    return hf[key] if key in hf else model_defaults.get(key, COMMON_DEFAULTS.get(key))
+
+
+def _our_config(hf: dict, arch: str, vocab_rows: int, problems: Problems) -> ModelConfig | None:
+    """Our model settings from a transformers config; misfits go to ``problems``."""
+    key, accepted = TANH_GELU[arch]
+    if _setting(hf, key) not in accepted:
+        problems.add(f"{key} {_setting(hf, key)!r}: our model computes the tanh-form GELU ({' / '.join(sorted(accepted))})")
+    if arch == "gpt2":
+        for name, wanted in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False), ("add_cross_attention", False)):
+            if bool(_setting(hf, name)) != wanted:
+                problems.add(f"{name} {_setting(hf, name)!r} is not supported (ours: {wanted})")
+    if not _setting(hf, "tie_word_embeddings"):
+        problems.add("tie_word_embeddings is false: our output layer is the token embedding")
+    if _setting(hf, "vocab_size") != vocab_rows:
+        problems.add(f"config.json says vocab_size {_setting(hf, 'vocab_size')} but the token embedding has {vocab_rows} rows")
+    d_model = _setting(hf, "n_embd")
+    d_ff = _setting(hf, "n_inner") if arch == "gpt2" else None
+    try:
+        return ModelConfig(
+            vocab_size=vocab_rows, n_ctx=_setting(hf, "n_positions"), n_layer=_setting(hf, "n_layer"),
+            n_head=_setting(hf, "n_head"), d_model=d_model, d_ff=d_ff if d_ff is not None else 4 * d_model,
+            dropout=float(_setting(hf, "resid_pdrop")), attn_dropout=float(_setting(hf, "attn_pdrop")),
+            arch=arch, layer_norm_eps=float(_setting(hf, "layer_norm_epsilon")),
+        )
+    except (Gpt1Error, TypeError) as exc:
+        problems.add(f"config.json: {exc}")
+        return None
+
+
+def _mc_head_problems(hf: dict, tensors: dict[str, torch.Tensor], d_model: int, problems: Problems) -> None:
+    """A multiple-choice head maps to ours only as one biased linear output on the classification token."""
+    settings = {"summary_type": "cls_index", "summary_use_proj": True, "summary_proj_to_labels": True}
+    for name, wanted in settings.items():
+        if _setting(hf, name) != wanted:
+            problems.add(f"multiple-choice head with {name} {_setting(hf, name)!r} (ours: {wanted!r})")
+    if _setting(hf, "summary_activation"):
+        problems.add(f"multiple-choice head with summary_activation {_setting(hf, 'summary_activation')!r} (ours: none)")
+    for name, shape in zip(HF_MC_HEAD, ((1, d_model), (1,))):
+        if name not in tensors:
+            problems.add(f"multiple-choice head lacks {name}")
+        elif tuple(tensors[name].shape) != shape:
+            problems.add(f"{name} is {tuple(tensors[name].shape)} where {shape} fits (one score per choice)")
+
+
+def _resolve_tokenizer(folder: Path, spec: str | None):
+    if spec is None:
+        for suffix in (".json", ".model"):
+            if (folder / (OUR_TOKENIZER + suffix)).is_file():
+                return load_tokenizer(folder / (OUR_TOKENIZER + suffix))
+        hint = f" (this one has vocab.json + merges.txt: --tokenizer openai:{folder})" if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file() else ""
+        raise Gpt1Error(f"{folder} carries no tokenizer of ours: pass --tokenizer SPEC (a SentencePiece .model, "
+                        f"our tokenizer .json, or openai:DIR){hint}")
+    return load_tokenizer(spec)
+
+
+def _default_task() -> dict:
+    return {"name": "mcq", "labels": [], "regression": False, "n_outputs": 1, "n_choices": None,
+            "metric": "accuracy", "lm_coef": None, "init": "imported"}
+
+
+def import_hf(folder: str | Path, out: str | Path, *, tokenizer: str | None = None, arch: str | None = None,
+              allow_pickle: bool = False, seed: int = 0) -> ImportSummary:
+    """Convert a transformers GPT / GPT-2 directory into a run of ours at ``out`` (checked first, written last)."""
+    folder, out = Path(folder), Path(out)
+    if not folder.is_dir():
+        raise Gpt1Error(f"transformers model directory not found: {folder}")
+    check_empty_target(out)
+    if arch is not None and arch not in HF_TYPE:
+        raise Gpt1Error(f"--arch {arch!r}: choose gpt1 (OpenAI GPT) or gpt2")
+    hf = read_json(folder / CONFIG, "transformers config")
+    model_type = hf.get("model_type")
+    if model_type is None and arch is not None:
+        model_type = hf["model_type"] = HF_TYPE[arch]
+    if model_type not in MODEL_TYPES:
+        raise Gpt1Error(f"{folder / CONFIG}: model_type {model_type!r} is neither openai-gpt nor gpt2")
+    tok = _resolve_tokenizer(folder, tokenizer)
+    raw, weights_file = read_hf_weights(folder, allow_pickle=allow_pickle)
+    problems = Problems(f"{folder} ({weights_file})")
+    if arch is not None and MODEL_TYPES[model_type] != arch:
+        problems.add(f"--arch {arch} but config.json is a {model_type} model ({MODEL_TYPES[model_type]})")
+    arch = MODEL_TYPES[model_type]
+
+    tensors, original = {}, {}
+    for name, tensor in raw.items():
+        if not is_hf_buffer(name):
+            short = name[len(HF_BASE):] if name.startswith(HF_BASE) else name
+            tensors[short], original[short] = tensor, name
+    prefix = HF_BASE if any(n.startswith(HF_BASE) for n in raw) else ""
+    shown = lambda short: original.get(short, prefix + short)  # noqa: E731  (names as the file spells them)
+    emb_name = f"{EMBEDDINGS[arch][0]}.weight"
+    if emb_name not in tensors and HF_LM_HEAD in tensors:  # double-heads models save the tied matrix as lm_head
+        tensors[emb_name] = tensors[HF_LM_HEAD]
+    lm_head = tensors.pop(HF_LM_HEAD, None)
+    emb = tensors.get(emb_name)
+    if emb is None or emb.dim() != 2:
+        problems.add(f"no 2-D token embedding ({shown(emb_name)})")
+        problems.raise_if_any()
+    if lm_head is not None and not torch.equal(lm_head, emb):
+        problems.add(f"{HF_LM_HEAD} differs from the token embedding: our output layer is tied to it")
+    config = _our_config(hf, arch, emb.shape[0], problems)
+    has_head = any(name in tensors for name in HF_MC_HEAD)
+    if config is not None:
+        expected = hf_shapes(config)
+        problems.add_names("missing tensors", [shown(n) for n in expected if n not in tensors])
+        problems.add_names("tensors with no place in our model",
+                           [shown(n) for n in tensors if n not in expected and n not in HF_MC_HEAD])
+        problems.add_names("shape mismatches", [
+            f"{shown(n)} is {tuple(tensors[n].shape)} where {shape} fits"
+            for n, shape in expected.items() if n in tensors and tuple(tensors[n].shape) != shape
+        ])
+        if has_head:
+            _mc_head_problems(hf, tensors, config.d_model, problems)
+    bad_dtypes = sorted({str(t.dtype) for t in tensors.values() if not t.is_floating_point()})
+    if bad_dtypes:
+        problems.add(f"non-floating-point weights ({', '.join(bad_dtypes)})")
+    problems.raise_if_any()
+
+    state = from_hf(tensors, config)
+    state["tok_emb.weight"], added = fit_embedding(state["tok_emb.weight"], tok, problems, seed=seed, source="the model")
+    config = config.replace(vocab_size=tok.vocab_size)
+    task = None
+    if has_head:
+        state[OUR_HEAD[0]] = tensors[HF_MC_HEAD[0]].to(torch.float32).contiguous()
+        state[OUR_HEAD[1]] = tensors[HF_MC_HEAD[1]].to(torch.float32).contiguous()
+        ours = hf.get(OUR_KEY, {}).get("task") if isinstance(hf.get(OUR_KEY), dict) else None
+        task = ours if isinstance(ours, dict) and ours.get("name") == "mcq" else _default_task()
+    check_against_model(state, config, problems, head=has_head)
+    problems.raise_if_any()
+
+    notes = []
+    dtypes = sorted({str(t.dtype).replace("torch.", "") for t in tensors.values()})
+    if dtypes != ["float32"]:
+        notes.append(f"weights were {', '.join(dtypes)}; stored as float32")
+    if float(_setting(hf, "embd_pdrop")) != float(_setting(hf, "resid_pdrop")):
+        notes.append(f"embd_pdrop {_setting(hf, 'embd_pdrop')} differs from resid_pdrop; our one dropout takes resid_pdrop")
+    if added:
+        notes.append(f"{added} token rows added for special tokens (N(0, 0.02), seed {seed})")
+    meta = {"kind": "import", "task": task,
+            "source": {"format": "transformers", "path": str(folder), "model_type": model_type,
+                       "architectures": hf.get("architectures"), "weights": weights_file,
+                       "special_rows_added": added, "seed": seed}}
+    checkpoint = write_run(out, config=config, state=state, tokenizer=tok, meta=meta)
+    return ImportSummary(checkpoint, config, added, task["name"] if task else None, notes)
+
+
+# --- writing ---
+
+
+def _hf_config(config: ModelConfig, tokenizer, task: dict | None) -> dict:
+    """A config.json transformers reads into the class that computes what our model computes."""
+    mcq = task is not None
+    hf = {
+        "architectures": [CLASSES[(config.arch, mcq)]],
+        "model_type": HF_TYPE[config.arch],
+        "vocab_size": config.vocab_size,
+        "n_positions": config.n_ctx,
+        "n_embd": config.d_model,
+        "n_layer": config.n_layer,
+        "n_head": config.n_head,
+        "resid_pdrop": config.dropout,
+        "embd_pdrop": config.dropout,
+        "attn_pdrop": config.attn_dropout,
+        "layer_norm_epsilon": config.layer_norm_eps,
+        "initializer_range": 0.02,
+        "tie_word_embeddings": True,
+        "summary_type": "cls_index",
+        "summary_use_proj": True,
+        "summary_activation": None,
+        "summary_proj_to_labels": True,
+        "summary_first_dropout": 0.1,
+        "bos_token_id": tokenizer.eos_id,
+        "eos_token_id": tokenizer.eos_id,
+        "pad_token_id": tokenizer.pad_id,
+        "dtype": "float32",
+    }
+    if config.arch == "gpt1":
+        hf["afn"] = "gelu"  # transformers' OpenAI GPT computes "gelu" in the tanh form, as ours
+    else:
+        hf.update(n_inner=config.d_ff, activation_function="gelu_new", scale_attn_weights=True,
+                  scale_attn_by_inverse_layer_idx=False, reorder_and_upcast_attn=False, add_cross_attention=False,
+                  use_cache=True)
+    if mcq:
+        hf.update(id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0})
+    hf[OUR_KEY] = {"task": task, "tokenizer_file": OUR_TOKENIZER + tokenizer.file_suffix,
+                   "specials": dict(tokenizer.specials)}
+    return hf
+
+
+def _openai_tokenizer_files(tokenizer, n_ctx: int) -> dict[str, bytes]:
+    """vocab.json + merges.txt + tokenizer_config.json for transformers' OpenAIGPTTokenizer."""
+    vocab = tokenizer.encoder()
+    vocab.setdefault("<unk>", UNKNOWN_ID)  # transformers needs an unknown token; the original used id 0
+    merges = "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in tokenizer.merges)
+    names = SPECIAL_TOKENS
+    settings = {
+        "tokenizer_class": "OpenAIGPTTokenizer",
+        "model_max_length": n_ctx,
+        "unk_token": "<unk>",
+        "pad_token": names["pad"],
+        "eos_token": names["eos"],
+        "additional_special_tokens": [names["start"], names["delim"], names["extract"]],
+    }
+    return {
+        "vocab.json": json.dumps(vocab, ensure_ascii=False).encode("utf-8"),
+        "merges.txt": merges.encode("utf-8"),
+        "tokenizer_config.json": (json.dumps(settings, indent=2) + "\n").encode("utf-8"),
+    }
+
+
+def export_hf(ckpt: str | Path, out: str | Path, *, drop_head: bool = False) -> ExportSummary:
+    """Write checkpoint ``ckpt`` as a transformers directory ``out`` (checked first, written last)."""
+    out = Path(out)
+    check_empty_target(out)
+    checkpoint = load_checkpoint(ckpt)
+    config, state = checkpoint.config, checkpoint.state_dict
+    tokenizer = load_tokenizer(checkpoint.tokenizer_path)
+    problems = Problems(f"{checkpoint.path} to transformers")
+    if config.arch == "gpt1" and config.d_ff != 4 * config.d_model:
+        problems.add(f"d_ff {config.d_ff} is not 4 x d_model ({4 * config.d_model}): transformers' OpenAI GPT fixes "
+                     "the MLP at that width (GPT-2 models export any width)")
+    if tokenizer.vocab_size != config.vocab_size:
+        problems.add(f"the tokenizer has {tokenizer.vocab_size} ids but the model {config.vocab_size} rows")
+    task = checkpoint.task
+    mcq_task = None
+    if task:
+        if task.get("name") == "mcq":
+            mcq_task = task
+        elif not drop_head:
+            problems.add(f"the checkpoint is fine-tuned for {task.get('name')}: transformers has no GPT head of that form "
+                         "(a linear layer with bias on the extract token); pass --drop-head to export the decoder alone")
+    decoder = {k: v for k, v in state.items() if not k.startswith("head.")}
+    check_against_model(decoder, config, problems, head=False)
+    if mcq_task is not None:
+        for name, shape in zip(OUR_HEAD, ((1, config.d_model), (1,))):
+            if name not in state or tuple(state[name].shape) != shape:
+                problems.add(f"the mcq head {name} is {tuple(state[name].shape) if name in state else 'missing'} where {shape} fits")
+    problems.raise_if_any()
+
+    tensors = to_hf(decoder, config)
+    if mcq_task is not None:
+        tensors[HF_MC_HEAD[0]], tensors[HF_MC_HEAD[1]] = state[OUR_HEAD[0]].contiguous(), state[OUR_HEAD[1]].contiguous()
+    hf = _hf_config(config, tokenizer, mcq_task)
+    extra = _openai_tokenizer_files(tokenizer, config.n_ctx) if tokenizer.kind == "openai-bpe" else {}
+    notes = []
+    if not extra:
+        notes.append(f"transformers has no reader for a {tokenizer.kind} tokenizer: it is copied as "
+                     f"{OUR_TOKENIZER}{tokenizer.file_suffix} for `gpt1 convert --from-hf`")
+    if task and mcq_task is None:
+        notes.append(f"the {task.get('name')} head was dropped (--drop-head)")
+
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    except OSError as exc:
+        raise Gpt1Error(f"cannot write {out}: {exc.strerror or exc}") from None
+    try:
+        save_file({k: v.detach().to(torch.float32).contiguous() for k, v in tensors.items()}, str(staging / SAFETENSORS),
+                  metadata={"format": "pt"})
+        atomic_write_json(staging / CONFIG, hf)
+        for name, data in extra.items():
+            atomic_write_bytes(staging / name, data)
+        shutil.copyfile(checkpoint.tokenizer_path, staging / (OUR_TOKENIZER + tokenizer.file_suffix))
+        os.replace(staging, out)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise Gpt1Error(f"cannot write {out}: {exc.strerror or exc}") from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    files = sorted(p.name for p in out.iterdir())
+    return ExportSummary(out, hf["architectures"][0], files, notes)
