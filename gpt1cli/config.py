@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from .errors import Gpt1Error
 
 ARCHS = ("gpt1", "gpt2")
+ATTENTION = ("dense", "alternating")
 
 
 @dataclass(frozen=True)
@@ -29,11 +30,16 @@ class ModelConfig:
     attn_dropout: float = 0.1  # on the attention weights
     arch: str = "gpt1"
     layer_norm_eps: float = 1e-5
+    # GPT-3 interleaves dense layers with locally banded ones (each query sees the last `window` keys).
+    attention: str = "dense"
+    window: int = 256
 
     def __post_init__(self):
         if self.arch not in ARCHS:
             raise Gpt1Error(f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHS)}")
-        for name in ("vocab_size", "n_ctx", "n_layer", "n_head", "d_model", "d_ff"):
+        if self.attention not in ATTENTION:
+            raise Gpt1Error(f"unknown attention {self.attention!r}; choose one of {', '.join(ATTENTION)}")
+        for name in ("vocab_size", "n_ctx", "n_layer", "n_head", "d_model", "d_ff", "window"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise Gpt1Error(f"model setting {name} must be a positive integer, got {value!r}")
@@ -47,6 +53,10 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_head
+
+    def layer_window(self, layer: int) -> int | None:
+        """The attention band of ``layer``: every second layer is banded under ``alternating``."""
+        return self.window if self.attention == "alternating" and layer % 2 == 1 else None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -72,6 +82,12 @@ PRESETS: dict[str, dict] = {
     "mini": dict(n_ctx=128, n_layer=4, n_head=4, d_model=128, d_ff=512),
     "small": dict(n_ctx=256, n_layer=6, n_head=8, d_model=384, d_ff=1536),
     "gpt1": dict(n_ctx=512, n_layer=12, n_head=12, d_model=768, d_ff=3072),
+    # The GPT-3 size table (Brown et al., 2020): GPT-2's architecture, context 2048, MLP 4 x d_model.
+    "gpt3-small": dict(arch="gpt2", n_ctx=2048, n_layer=12, n_head=12, d_model=768, d_ff=3072),
+    "gpt3-medium": dict(arch="gpt2", n_ctx=2048, n_layer=24, n_head=16, d_model=1024, d_ff=4096),
+    "gpt3-large": dict(arch="gpt2", n_ctx=2048, n_layer=24, n_head=16, d_model=1536, d_ff=6144),
+    # The paper lists XL with 24 heads of 128, which does not multiply to 2048: we keep d_head 128.
+    "gpt3-xl": dict(arch="gpt2", n_ctx=2048, n_layer=24, n_head=16, d_model=2048, d_ff=8192),
 }
 
 # Training defaults per preset. gpt1 follows the paper (64 x 512 tokens, lr 2.5e-4, 2000
@@ -81,6 +97,11 @@ TRAIN_DEFAULTS: dict[str, dict] = {
     "mini": dict(batch_size=16, lr=1e-3, steps=1000),
     "small": dict(batch_size=32, lr=6e-4, steps=5000),
     "gpt1": dict(batch_size=64, lr=2.5e-4, steps=100_000),
+    # GPT-3's batches are 0.5M-1M tokens (256-512 sequences of 2048); use --grad-accum to reach them.
+    "gpt3-small": dict(batch_size=256, lr=6.0e-4, steps=100_000),
+    "gpt3-medium": dict(batch_size=256, lr=3.0e-4, steps=100_000),
+    "gpt3-large": dict(batch_size=256, lr=2.5e-4, steps=100_000),
+    "gpt3-xl": dict(batch_size=512, lr=2.0e-4, steps=100_000),
 }
 
 
@@ -89,6 +110,8 @@ def preset(name: str, vocab_size: int, **overrides) -> ModelConfig:
     if name not in PRESETS:
         raise Gpt1Error(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     settings = {**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}}
+    if "arch" in PRESETS[name] and overrides.get("arch") == "gpt1":
+        settings["arch"] = PRESETS[name]["arch"]  # GPT-3 presets are defined on the gpt2 architecture
     return ModelConfig(vocab_size=vocab_size, **settings)
 
 

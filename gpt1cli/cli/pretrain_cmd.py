@@ -17,9 +17,11 @@ from ..train.pretrain import pretrain as run_pretrain
 def pretrain(
     shards: Path = typer.Option(..., help="Shard directory written by `gpt1 tokenize`."),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory: checkpoints/, metrics.jsonl."),
-    preset: str = typer.Option("tiny", help=f"Model size: {', '.join(PRESETS)} (gpt1 = the paper's 12 x 768)."),
+    preset: str = typer.Option("tiny", help=f"Model size: {', '.join(PRESETS)} (gpt1 = the paper's 12 x 768; gpt3-* = the GPT-3 table)."),
     arch: str = typer.Option("gpt1", help="gpt1 (post-LN) or gpt2 (pre-LN, final LayerNorm, scaled residual init)."),
     n_ctx: Optional[int] = typer.Option(None, help="Context length [default: the preset's]."),
+    attention: str = typer.Option("dense", help="dense, or alternating: every second layer locally banded (GPT-3's sparse layers)."),
+    window: Optional[int] = typer.Option(None, help="Band width of the banded layers, in tokens [default: 256]."),
     steps: Optional[int] = typer.Option(None, help="Optimiser steps [default: the preset's; tiny 200]."),
     batch_size: Optional[int] = typer.Option(None, help="Sequences per step, over all micro-steps [default: the preset's; gpt1 64]."),
     grad_accum: int = typer.Option(1, help="Micro-steps per optimiser step (batch-size is split over them)."),
@@ -45,7 +47,7 @@ def pretrain(
 ) -> None:
     """Pre-train a GPT decoder on token shards; checkpoints are safetensors + JSON."""
     config = PretrainConfig(
-        shards=str(shards), out=str(out), preset=preset, arch=arch, n_ctx=n_ctx, steps=steps, batch_size=batch_size,
+        shards=str(shards), out=str(out), preset=preset, arch=arch, n_ctx=n_ctx, attention=attention, window=window, steps=steps, batch_size=batch_size,
         grad_accum=grad_accum, lr=lr, warmup=warmup, weight_decay=weight_decay, grad_clip=grad_clip, dropout=dropout,
         seed=seed, eval_every=eval_every, eval_tokens=eval_tokens, ckpt_every=ckpt_every, keep=keep,
         log_every=log_every, max_bad_steps=max_bad_steps, stop_after=stop_after, device=device, compile=compile,

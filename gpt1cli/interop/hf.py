@@ -141,8 +141,12 @@ def _our_config(hf: dict, arch: str, vocab_rows: int, problems: Problems) -> Mod
                 problems.add(f"{name} {_setting(hf, name)!r} is not supported (ours: {wanted})")
     if not _setting(hf, "tie_word_embeddings"):
         problems.add("tie_word_embeddings is false: our output layer is the token embedding")
-    if _setting(hf, "vocab_size") != vocab_rows:
-        problems.add(f"config.json says vocab_size {_setting(hf, 'vocab_size')} but the token embedding has {vocab_rows} rows")
+    # Old OpenAI GPT configs count added special tokens apart, in n_special.
+    declared = _setting(hf, "vocab_size")
+    if arch == "gpt1" and isinstance(declared, int) and isinstance(hf.get("n_special"), int):
+        declared += hf["n_special"]
+    if declared != vocab_rows:
+        problems.add(f"config.json says vocab_size {declared} but the token embedding has {vocab_rows} rows")
     d_model = _setting(hf, "n_embd")
     d_ff = _setting(hf, "n_inner") if arch == "gpt2" else None
     try:

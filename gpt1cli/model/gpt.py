@@ -49,9 +49,10 @@ class LayerNorm(nn.Module):
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, window: int | None = None):
         super().__init__()
         self.n_head = config.n_head
+        self.window = window
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model)
         self.proj = nn.Linear(config.d_model, config.d_model)
         self.attn_dropout = config.attn_dropout
@@ -64,7 +65,7 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             k, v = cache.append(layer, k, v)
         dropout_p = self.attn_dropout if self.training else 0.0
-        y = ops.causal_attention(q, k, v, dropout_p=dropout_p, key_lengths=key_lengths)
+        y = ops.causal_attention(q, k, v, dropout_p=dropout_p, key_lengths=key_lengths, window=self.window)
         y = y.transpose(1, 2).reshape(batch, time, width)
         return self.resid_dropout(self.proj(y))
 
@@ -84,10 +85,10 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """One Transformer block; ``post_ln`` selects GPT-1's ordering, otherwise GPT-2's."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, window: int | None = None):
         super().__init__()
         self.post_ln = config.arch == "gpt1"
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, window)
         self.ln_1 = LayerNorm(config.d_model, config.layer_norm_eps)
         self.mlp = MLP(config)
         self.ln_2 = LayerNorm(config.d_model, config.layer_norm_eps)
@@ -112,7 +113,7 @@ class GPT(nn.Module):
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
         self.pos_emb = nn.Embedding(config.n_ctx, config.d_model)
         self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.blocks = nn.ModuleList(Block(config, config.layer_window(i)) for i in range(config.n_layer))
         self.ln_f = LayerNorm(config.d_model, config.layer_norm_eps) if config.arch == "gpt2" else None
         self.apply(self._init_weights)
         if config.arch == "gpt2":

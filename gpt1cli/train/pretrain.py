@@ -55,6 +55,8 @@ class PretrainConfig:
     preset: str = "tiny"
     arch: str = "gpt1"
     n_ctx: int | None = None
+    attention: str = "dense"
+    window: int | None = None
     steps: int | None = None
     batch_size: int | None = None
     grad_accum: int = 1
@@ -147,7 +149,8 @@ def _pretrain(config: PretrainConfig, world: World, device: torch.device, show_p
             raise Gpt1Error(f"{config.shards} was made with a different tokenizer than the run in {out}")
     else:
         model_config = preset(config.preset, data.vocab_size, arch=config.arch, n_ctx=config.n_ctx,
-                              dropout=config.dropout, attn_dropout=config.dropout)
+                              dropout=config.dropout, attn_dropout=config.dropout, attention=config.attention,
+                              window=config.window)
     sampler = WindowSampler(data.train, model_config.n_ctx, config.seed)
 
     model = GPT(model_config)
