@@ -11,7 +11,7 @@ import sys
 import typer
 from rich.console import Console
 
-from ..errors import ExitCode, Gpt1Error
+from ..errors import ExitCode, Gpt1Error, TrainingStopped
 from . import (
     bench_cmd,
     convert_cmd,
@@ -23,6 +23,7 @@ from . import (
     predict_cmd,
     pretrain_cmd,
     tokenize_cmd,
+    verify_cmd,
 )
 
 app = typer.Typer(
@@ -42,6 +43,7 @@ app.command("predict")(predict_cmd.predict)
 app.command("make-task")(make_task_cmd.make_task)
 app.command("convert")(convert_cmd.convert)
 app.command("bench")(bench_cmd.bench)
+app.command("verify")(verify_cmd.verify)
 app.command("demo")(demo_cmd.demo)
 
 _err = Console(stderr=True, highlight=False)
@@ -54,6 +56,9 @@ def main(argv: list[str] | None = None) -> None:
     except Gpt1Error as exc:
         _err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
         sys.exit(ExitCode.BAD_INPUT)
+    except TrainingStopped as exc:
+        _err.print(f"[yellow]{exc}[/]", soft_wrap=True)
+        sys.exit(ExitCode.STOPPED)
     except KeyboardInterrupt:
         _err.print("[yellow]interrupted[/]")
         sys.exit(ExitCode.INTERRUPTED)

@@ -13,7 +13,6 @@ import math
 import torch
 
 from ..config import ModelConfig
-from ..model.gpt import GPT
 
 # (our module, transformers' module, is a projection) in the release's per-layer order.
 LAYER_PARTS = (
@@ -48,10 +47,19 @@ def name_pairs(config: ModelConfig) -> list[tuple[str, str, bool]]:
 
 
 def our_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Shape of every tensor of our decoder for ``config`` (built on the meta device: no memory)."""
-    with torch.device("meta"):
-        model = GPT(config)
-    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    """Shape of every tensor of :class:`~gpt1cli.model.gpt.GPT` for ``config``, in its state-dict
+    order (written out rather than built: a test holds the two together)."""
+    d, f = config.d_model, config.d_ff
+    linear = {"attn.qkv": (3 * d, d), "attn.proj": (d, d), "mlp.fc": (f, d), "mlp.proj": (d, f)}
+    shapes = {"tok_emb.weight": (config.vocab_size, d), "pos_emb.weight": (config.n_ctx, d)}
+    for i in range(config.n_layer):
+        for module in ("attn.qkv", "attn.proj", "ln_1", "mlp.fc", "mlp.proj", "ln_2"):
+            out = linear[module][0] if module in linear else d
+            shapes[f"blocks.{i}.{module}.weight"] = linear.get(module, (d,))
+            shapes[f"blocks.{i}.{module}.bias"] = (out,)
+    if config.arch == "gpt2":
+        shapes.update({"ln_f.weight": (d,), "ln_f.bias": (d,)})
+    return shapes
 
 
 def hf_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:

@@ -32,6 +32,7 @@ FORMAT = "gpt1-checkpoint"
 FORMAT_VERSION = 1
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
+BEST = "best"
 WEIGHTS = "model.safetensors"
 META = "checkpoint.json"
 TOKENIZER = "tokenizer.model"
@@ -91,17 +92,21 @@ def save_checkpoint(
     trainer_tensors: dict[str, torch.Tensor] | None = None,
     trainer_meta: dict | None = None,
     keep: int = 3,
-    protect: tuple[str, ...] = (),
+    best: bool = False,
 ) -> Path:
-    """Write checkpoint ``step`` of ``run_dir`` atomically; keep the newest ``keep`` (and ``protect``)."""
+    """Write checkpoint ``step`` of ``run_dir`` atomically; keep the newest ``keep`` and the best.
+
+    ``best`` marks this checkpoint as the best so far (``checkpoints/best`` names it); the best
+    is never pruned.
+    """
     root = Path(run_dir) / CHECKPOINTS
     name = f"step_{step:08d}"
     final = root / name
     tmp = root / f".tmp-{name}-{os.getpid()}"
     try:
         root.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        for stale in root.glob(".tmp-*"):  # left by a writer that was killed
+            shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
         _save_tensors(model_state, tmp / WEIGHTS)
         tokenizer_name = TOKENIZER if Path(tokenizer_path).suffix == ".model" else "tokenizer" + Path(tokenizer_path).suffix
@@ -126,10 +131,15 @@ def save_checkpoint(
         os.replace(tmp, final)
         _fsync_dir(root)
         atomic_write_text(root / LATEST, name + "\n")
+        if best:
+            atomic_write_text(root / BEST, name + "\n")
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise Gpt1Error(f"cannot write checkpoint {final}: {exc.strerror or exc}; the previous checkpoint is intact") from None
-    _prune(root, keep, protect=(name, *protect))
+    protect = [name]
+    if (root / BEST).is_file():
+        protect.append((root / BEST).read_text().strip())
+    _prune(root, keep, protect=tuple(protect))
     return final
 
 

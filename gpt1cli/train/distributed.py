@@ -109,6 +109,15 @@ def all_reduce_mean(value: float, world: World, device: torch.device) -> float:
     return float(tensor) / world.world_size
 
 
+def any_rank(flag: bool, world: World, device: torch.device) -> bool:
+    """True on every rank when ``flag`` is true on any (so all ranks stop at the same step)."""
+    if not world.distributed:
+        return flag
+    tensor = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item() > 0)
+
+
 def barrier(world: World) -> None:
     if world.distributed:
         dist.barrier()

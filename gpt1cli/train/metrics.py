@@ -14,6 +14,16 @@ class MetricsLog:
         self.path = Path(path) if path is not None else None
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._drop_torn_line()
+
+    def _drop_torn_line(self) -> None:
+        """A process killed mid-write leaves a partial last line: cut it so every line parses."""
+        if not self.path.is_file():
+            return
+        with open(self.path, "rb+") as handle:
+            data = handle.read()
+            if data and not data.endswith(b"\n"):
+                handle.truncate(data.rfind(b"\n") + 1)
 
     def write(self, kind: str, **values) -> None:
         if self.path is None:

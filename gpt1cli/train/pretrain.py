@@ -12,7 +12,7 @@ import torch
 
 from ..config import TRAIN_DEFAULTS, ModelConfig, preset
 from ..data.shards import ShardDataset, WindowSampler
-from ..errors import Gpt1Error
+from ..errors import Gpt1Error, TrainingStopped
 from ..fileio import file_hash
 from ..model import ops
 from ..model.gpt import GPT
@@ -31,6 +31,7 @@ from .checkpoint import (
 from .distributed import (
     World,
     all_reduce_mean,
+    any_rank,
     barrier,
     distributed_session,
     full_state,
@@ -41,6 +42,7 @@ from .distributed import (
 from .evaluate import evaluate_lm
 from .metrics import MetricsLog
 from .optim import make_optimizer, warmup_cosine
+from .signals import graceful_stop
 
 # Settings a resumed run may change; everything else must stay as saved for an exact resume.
 RESUMABLE_CHANGES = ("steps", "stop_after", "parallel", "dist_timeout", "eval_every", "ckpt_every", "keep", "log_every", "eval_tokens")
@@ -186,6 +188,11 @@ def _pretrain(config: PretrainConfig, world: World, device: torch.device, show_p
         log.write("resume", step=start_step, kernels=kernels, device=str(device), world_size=world.world_size)
 
     def checkpoint(step: int, val: dict | None) -> None:
+        nonlocal best_val
+        # The best checkpoint (by the validation loss it was written with) survives pruning.
+        is_best = val is not None and val["loss"] < best_val
+        if is_best:
+            best_val = val["loss"]
         # Every rank takes part in gathering a sharded state; rank 0 alone writes.
         if sharded:
             model_state, full_optim = full_state(wrapped, optimizer, config.parallel, world)
@@ -200,7 +207,7 @@ def _pretrain(config: PretrainConfig, world: World, device: torch.device, show_p
                 trainer_tensors=tensors,
                 trainer_meta={"step": step, "config": dataclasses.asdict(config), "optimizer_groups": groups,
                               "best_val": best_val, "world_size": world.world_size},
-                keep=config.keep,
+                keep=config.keep, best=is_best,
             )
         barrier(world)
 
@@ -209,7 +216,7 @@ def _pretrain(config: PretrainConfig, world: World, device: torch.device, show_p
     window_tokens, window_start = 0, time.perf_counter()
     summary = {"start_step": start_step}
     end_step = min(config.steps, config.stop_after or config.steps)
-    with progress_bar("pretraining", config.steps, enabled=show_progress, count=True) as bar:
+    with graceful_stop() as stop_request, progress_bar("pretraining", config.steps, enabled=show_progress, count=True) as bar:
         bar.advance(start_step)
         for step in range(start_step, end_step):
             lr = warmup_cosine(step, max_lr=config.lr, warmup=config.warmup, total=config.steps)
@@ -254,14 +261,17 @@ def _pretrain(config: PretrainConfig, world: World, device: torch.device, show_p
                 window_tokens, window_start = 0, time.perf_counter()
             if done % config.eval_every == 0 or done == config.steps:
                 last_val = evaluate_lm(eval_model, data.val, device=device, max_tokens=config.eval_tokens)
-                best_val = min(best_val, last_val["loss"])
                 log.write("eval", step=done, **{f"val_{k}": v for k, v in last_val.items()})
                 bar.log(f"step {done}: val loss {last_val['loss']:.4f}  ppl {last_val['ppl']:.2f}  bpb {last_val['bpb']:.4f}")
                 window_start = time.perf_counter()
-            if done % config.ckpt_every == 0 or done == end_step:
+            stop = any_rank(stop_request.requested, world, device)
+            if done % config.ckpt_every == 0 or done == end_step or stop:
                 checkpoint(done, last_val)
                 window_start = time.perf_counter()
             bar.advance(1)
+            if stop:
+                log.write("stop", step=done, signal=stop_request.signal)
+                raise TrainingStopped(done, str(out / CHECKPOINTS / f"step_{done:08d}"))
     summary.update(steps=config.steps, stopped_at=end_step, loss=loss_value, val=last_val, parameters=parameters,
                    kernels=kernels, out=str(out), world_size=world.world_size)
     return summary
