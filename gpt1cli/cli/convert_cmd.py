@@ -17,10 +17,10 @@ def convert(
     to_hf: Optional[Path] = typer.Option(None, "--to-hf", help="Write --ckpt as a transformers directory here."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="New run directory for an import (--from-openai, --from-hf)."),
     ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint or run directory to export (--to-hf)."),
-    arch: Optional[str] = typer.Option(None, help="--from-hf: gpt1 (OpenAI GPT) or gpt2 [default: from config.json]."),
-    tokenizer: Optional[str] = typer.Option(None, help="--from-hf: the model's tokenizer: a SentencePiece .model, our tokenizer .json or openai:DIR [default: the copy an export of ours leaves]."),
+    arch: Optional[str] = typer.Option(None, help="--from-hf: gpt1 (OpenAI GPT) or gpt2 (default: from config.json)."),
+    tokenizer: Optional[str] = typer.Option(None, help="--from-hf: the model's tokenizer: a SentencePiece .model, our tokenizer .json or openai:DIR (default: the copy an export of ours leaves)."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="--from-hf: read pytorch_model.bin (with torch.load(weights_only=True)) when there is no safetensors file."),
-    n_head: Optional[int] = typer.Option(None, help="--from-openai: attention heads (not recorded in the release) [default: d_model / 64, 12 for GPT-1]."),
+    n_head: Optional[int] = typer.Option(None, help="--from-openai: attention heads (not recorded in the release) (default: d_model / 64, 12 for GPT-1)."),
     drop_head: bool = typer.Option(False, "--drop-head", help="--to-hf: export a classify/entail/similar checkpoint's decoder without its task head."),
     seed: int = typer.Option(0, help="Seed of the N(0, 0.02) rows added for special tokens the source lacks."),
 ) -> None:

@@ -161,7 +161,7 @@ def pre_tokenize(text: str) -> list[str]:
     (case kept; see the module notes for where it differs)."""
     words: list[str] = []
     for chunk in standardize(text).split(" "):
-        if chunk == "\n":
+        if chunk.isalnum() or chunk == "\n":  # most words: nothing to split off
             words.append(chunk)
         elif chunk:
             words.extend(_split_word(chunk))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import time
 from pathlib import Path
@@ -11,13 +12,64 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import Gpt1Error
-from ..fileio import atomic_write_json, file_hash
+from ..fileio import atomic_path, atomic_write_json, file_hash
 from ..progress import progress_bar
 from .corpus import expand_inputs, iter_documents, split_long_line
 from .shards import FORMAT, FORMAT_VERSION, MANIFEST, TOKENIZER_FILE, ShardWriter, token_dtype
 from .tokenizer import MAX_SENTENCE_BYTES, load_tokenizer, tokenizer_filename, train_sentencepiece
 
 ENCODE_BATCH_LINES = 4096
+JOURNAL = ".tokenize-journal.json"
+
+
+class Journal:
+    """Progress of an unfinished ``tokenize`` run, so a re-run continues by shard, not from scratch.
+
+    Written (atomically) at the document boundary after each shard is flushed: the documents
+    consumed, each split's shards and counters, and its not-yet-written tokens (``.npy``).
+    """
+
+    def __init__(self, out_dir: Path, fingerprint: dict):
+        self.out_dir, self.fingerprint = out_dir, fingerprint
+        self.path = out_dir / JOURNAL
+
+    def _pending_path(self, split: str) -> Path:
+        return self.out_dir / f".tokenize-pending-{split}.npy"
+
+    def save(self, documents: int, writers: dict) -> None:
+        for split, writer in writers.items():
+            with atomic_path(self._pending_path(split)) as tmp, open(tmp, "wb") as handle:
+                np.save(handle, writer.pending())
+        atomic_write_json(self.path, {"fingerprint": self.fingerprint, "documents": documents,
+                                      "splits": {k: w.summary() for k, w in writers.items()}})
+
+    def load(self, writers: dict) -> int:
+        """Restore ``writers`` from a matching journal; the number of documents done (0 if none)."""
+        if not self.path.is_file():
+            return 0
+        try:
+            state = json.loads(self.path.read_text())
+            if state["fingerprint"] != self.fingerprint:
+                return 0
+            for split, writer in writers.items():
+                summary = state["splits"][split]
+                for shard in summary["shards"]:
+                    if (self.out_dir / shard["file"]).stat().st_size != shard["bytes"]:
+                        return 0
+                writer.restore(summary, np.load(self._pending_path(split)))
+            return int(state["documents"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0  # an unreadable journal: start over
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+        for split in ("train", "val"):
+            self._pending_path(split).unlink(missing_ok=True)
+
+
+def _fingerprint(paths: list[Path], tokenizer_hash: str, **options) -> dict:
+    files = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in paths]
+    return {"files": files, "tokenizer": tokenizer_hash, **options}
 
 
 def _training_sentences(paths: list[Path], errors: str) -> Iterator[str]:
@@ -70,6 +122,9 @@ def tokenize_corpus(
     (out_dir / MANIFEST).unlink(missing_ok=True)
     threads = num_threads or os.cpu_count() or 1
 
+    journal_state = out_dir / JOURNAL
+    if tokenizer is None and journal_state.is_file() and (out_dir / TOKENIZER_FILE).is_file():
+        tokenizer = out_dir / TOKENIZER_FILE  # an interrupted run trained it already; the journal's fingerprint decides
     if tokenizer is None:
         tokenizer_path = out_dir / TOKENIZER_FILE
         with progress_bar("training tokenizer", None, enabled=show_progress):
@@ -85,10 +140,22 @@ def tokenize_corpus(
     dtype = token_dtype(tok.vocab_size)
     writers = {split: ShardWriter(out_dir, split, dtype, tokens_per_shard) for split in ("train", "val")}
     rng = np.random.default_rng(seed)
+    journal = Journal(out_dir, _fingerprint(paths, file_hash(tokenizer_path), vocab_size=vocab_size,
+                                            tokens_per_shard=tokens_per_shard, val_fraction=val_fraction,
+                                            seed=seed, errors=errors))
+    skip = journal.load(writers)
+    rng.random(skip)  # the split draws of the documents already done
+    done = 0
     total_bytes = sum(p.stat().st_size for p in paths)
     encode_seconds = 0.0
     with progress_bar("encoding", total_bytes, enabled=show_progress) as bar:
         for batch in _document_batches(paths, errors, ENCODE_BATCH_LINES):
+            if done + len(batch) <= skip:
+                done += len(batch)
+                bar.advance(sum(d.n_bytes for d in batch))
+                continue
+            batch = batch[max(0, skip - done):]
+            done = max(done, skip)
             lines = [line for document in batch for line in document.lines]
             t0 = time.perf_counter()
             encoded = tok.encode_batch(lines, num_threads=threads)
@@ -100,7 +167,11 @@ def tokenize_corpus(
                 tokens = [t for piece in pieces for t in piece]
                 tokens.append(tok.eos_id)
                 split = "val" if rng.random() < val_fraction else "train"
+                flushed = len(writers[split].shards)
                 writers[split].add_document(tokens, document.n_bytes)
+                done += 1
+                if len(writers[split].shards) != flushed:
+                    journal.save(done, writers)
             bar.advance(sum(d.n_bytes for d in batch))
 
     train, val = writers["train"], writers["val"]
@@ -145,4 +216,5 @@ def tokenize_corpus(
         },
     }
     atomic_write_json(out_dir / MANIFEST, manifest)
+    journal.clear()
     return manifest

@@ -79,6 +79,17 @@ class ShardWriter:
     def summary(self) -> dict:
         return {"tokens": self.tokens, "documents": self.documents, "text_bytes": self.text_bytes, "shards": self.shards}
 
+    def pending(self) -> np.ndarray:
+        """Tokens buffered but not yet written to a shard."""
+        return self._buffer[: self._filled]
+
+    def restore(self, summary: dict, pending: np.ndarray) -> None:
+        """Continue from a :meth:`summary` and :meth:`pending` saved by an interrupted run."""
+        self.shards = list(summary["shards"])
+        self.tokens, self.documents, self.text_bytes = summary["tokens"], summary["documents"], summary["text_bytes"]
+        self._filled = len(pending)
+        self._buffer[: self._filled] = pending
+
 
 def write_shard(path: Path, tokens: np.ndarray) -> None:
     """Write ``tokens`` as a one-batch, uncompressed Arrow IPC file, atomically."""
