@@ -10,6 +10,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..errors import ExitCode, Gpt1Error, TrainingStopped
 from . import (
@@ -54,22 +55,19 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, standalone_mode=False)
     except Gpt1Error as exc:
-        _err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        _err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         sys.exit(ExitCode.BAD_INPUT)
     except TrainingStopped as exc:
-        _err.print(f"[yellow]{exc}[/]", soft_wrap=True)
+        _err.print(escape(str(exc)), style="yellow", soft_wrap=True)
         sys.exit(ExitCode.STOPPED)
     except KeyboardInterrupt:
-        _err.print("[yellow]interrupted[/]")
+        _err.print("interrupted", style="yellow")
         sys.exit(ExitCode.INTERRUPTED)
-    except SystemExit:
-        raise
-    except Exception as exc:  # click's usage errors and aborts
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+    except Exception as exc:
+        # Usage errors (Typer carries its own copy of click's exception classes): click's own message.
+        if hasattr(exc, "show") and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+        if type(exc).__name__ == "Abort":
             sys.exit(ExitCode.INTERRUPTED)
         raise

@@ -48,8 +48,11 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
             raise Gpt1Error(f"unsupported input {path}: use .txt, .jsonl (with a 'text' field) or .parquet (with a 'text' column)")
         if not os.access(path, os.R_OK):
             raise Gpt1Error(f"input {path} is not readable: check its permissions")
-    unique = list(dict.fromkeys(p.resolve() for p in found))
-    return unique
+    # De-duplicate by real file, but read each by its own name: a link's target may have no suffix.
+    unique: dict[Path, Path] = {}
+    for path in found:
+        unique.setdefault(path.resolve(), path.absolute())
+    return list(unique.values())
 
 
 @dataclass
@@ -150,12 +153,15 @@ def iter_documents(paths: list[Path], errors: str = "strict") -> Iterator[Docume
     if errors not in ERROR_MODES:
         raise Gpt1Error(f"--errors must be strict or replace, not {errors!r}")
     for path in paths:
-        if path.suffix == ".txt":
-            yield from _txt_documents(path, errors)
-        elif path.suffix == ".jsonl":
-            yield from _jsonl_documents(path, errors)
-        else:
-            yield from _parquet_documents(path)
+        try:
+            if path.suffix == ".txt":
+                yield from _txt_documents(path, errors)
+            elif path.suffix == ".jsonl":
+                yield from _jsonl_documents(path, errors)
+            else:
+                yield from _parquet_documents(path)
+        except OSError as exc:
+            raise Gpt1Error(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def split_long_line(line: str, max_bytes: int) -> list[str]:

@@ -110,6 +110,8 @@ def tokenize_corpus(
     started = time.perf_counter()
     if not 0.0 < val_fraction < 1.0:
         raise Gpt1Error(f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+    if tokens_per_shard <= 0:
+        raise Gpt1Error(f"--tokens-per-shard must be positive, got {tokens_per_shard}")
     paths = expand_inputs(inputs)
     out_dir = Path(out_dir)
     if (out_dir / MANIFEST).exists() and not overwrite:
@@ -119,7 +121,10 @@ def tokenize_corpus(
     except OSError as exc:
         raise Gpt1Error(f"cannot create {out_dir}: {exc.strerror}") from None
     # The manifest marks a finished directory: remove it first so a failed re-run cannot look complete.
-    (out_dir / MANIFEST).unlink(missing_ok=True)
+    if (out_dir / MANIFEST).exists():  # --overwrite: nothing of the old run may linger
+        (out_dir / MANIFEST).unlink()
+        for stale in [*out_dir.glob("train_*.arrow"), *out_dir.glob("val_*.arrow")]:
+            stale.unlink()
     threads = num_threads or os.cpu_count() or 1
 
     journal_state = out_dir / JOURNAL

@@ -115,12 +115,18 @@ def train_sentencepiece(
     if vocab_size < MIN_VOCAB:
         raise Gpt1Error(f"--vocab-size {vocab_size} is too small: it must hold 256 byte pieces and 6 special tokens (use >= {MIN_VOCAB})")
     seen = 0
+    failure: BaseException | None = None
 
     def counted():
-        nonlocal seen
-        for sentence in sentences:
-            seen += 1
-            yield sentence
+        # SentencePiece turns an exception raised in here into a RuntimeError without our message:
+        # keep it and raise it ourselves after training returns.
+        nonlocal seen, failure
+        try:
+            for sentence in sentences:
+                seen += 1
+                yield sentence
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            failure = exc
 
     model = io.BytesIO()
     try:
@@ -145,13 +151,19 @@ def train_sentencepiece(
             minloglevel=2,
         )
     except RuntimeError as exc:
+        if failure is not None:
+            raise failure from None
         message = str(exc).strip().splitlines()[-1] if str(exc).strip() else "training failed"
         message = message.split("] ", 1)[-1]  # drop SentencePiece's source location
         if seen == 0:
             raise Gpt1Error("the corpus is empty: no text to train a tokenizer on") from None
+        if "required_chars" in message:
+            raise Gpt1Error(f"--vocab-size {vocab_size} is smaller than the corpus's characters need ({message}); use a larger value") from None
         if "Vocabulary size" in message or "vocab_size" in message:
             raise Gpt1Error(f"--vocab-size {vocab_size} does not fit this corpus ({message}); try a smaller value") from None
         raise Gpt1Error(f"SentencePiece training failed: {message}") from None
+    if failure is not None:
+        raise failure
     atomic_write_bytes(out_path, model.getvalue())
     return SentencePieceTokenizer(out_path)
 

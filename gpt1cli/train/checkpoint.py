@@ -133,9 +133,10 @@ def save_checkpoint(
         atomic_write_text(root / LATEST, name + "\n")
         if best:
             atomic_write_text(root / BEST, name + "\n")
-    except OSError as exc:
+    except (OSError, SafetensorError, Gpt1Error) as exc:  # Gpt1Error: an atomic JSON write that failed
         shutil.rmtree(tmp, ignore_errors=True)
-        raise Gpt1Error(f"cannot write checkpoint {final}: {exc.strerror or exc}; the previous checkpoint is intact") from None
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise Gpt1Error(f"cannot write checkpoint {final}: {reason}; the previous checkpoint is intact") from None
     protect = [name]
     if (root / BEST).is_file():
         protect.append((root / BEST).read_text().strip())

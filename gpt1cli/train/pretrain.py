@@ -45,7 +45,11 @@ from .optim import make_optimizer, warmup_cosine
 from .signals import graceful_stop
 
 # Settings a resumed run may change; everything else must stay as saved for an exact resume.
-RESUMABLE_CHANGES = ("steps", "stop_after", "parallel", "dist_timeout", "eval_every", "ckpt_every", "keep", "log_every", "eval_tokens")
+RESUMABLE_CHANGES = ("steps", "stop_after", "parallel", "dist_timeout", "eval_every", "ckpt_every", "keep", "log_every",
+                     "eval_tokens", "max_bad_steps")
+# Defaults of the run-management settings; None in a config means "the default" (or, on resume, "as saved").
+RUN_DEFAULTS = dict(eval_every=100, eval_tokens=65_536, ckpt_every=500, keep=3, log_every=10, max_bad_steps=10,
+                    parallel="ddp", dist_timeout=600.0)
 
 
 @dataclass
@@ -68,16 +72,16 @@ class PretrainConfig:
     grad_clip: float = 1.0
     dropout: float = 0.1
     seed: int = 0
-    eval_every: int = 100
-    eval_tokens: int = 65_536
-    ckpt_every: int = 500
-    keep: int = 3
-    log_every: int = 10
-    max_bad_steps: int = 10
+    eval_every: int | None = None  # default 100
+    eval_tokens: int | None = None  # default 65_536
+    ckpt_every: int | None = None  # default 500
+    keep: int | None = None  # default 3
+    log_every: int | None = None  # default 10
+    max_bad_steps: int | None = None  # default 10
     device: str = "auto"
     compile: bool = False
-    parallel: str = "ddp"
-    dist_timeout: float = 600.0
+    parallel: str | None = None  # default "ddp"
+    dist_timeout: float | None = None  # default 600 s
     resume: bool = False
     stop_after: int | None = None  # end this invocation after that step (checkpointed), schedule unchanged
 
@@ -88,6 +92,7 @@ class PretrainConfig:
             raise Gpt1Error(f"unknown preset {self.preset!r}; choose one of {', '.join(TRAIN_DEFAULTS)}")
         cfg = dataclasses.replace(
             self,
+            **{k: v for k, v in RUN_DEFAULTS.items() if getattr(self, k) is None},
             steps=self.steps if self.steps is not None else defaults["steps"],
             batch_size=self.batch_size if self.batch_size is not None else defaults["batch_size"],
             lr=self.lr if self.lr is not None else defaults["lr"],
@@ -135,7 +140,7 @@ def _pretrain(config: PretrainConfig, world: World, device: torch.device, show_p
         saved = resume_from.trainer_meta.get("config", {})
         changes = {k: getattr(config, k) for k in RESUMABLE_CHANGES if getattr(config, k) is not None}
         config = dataclasses.replace(PretrainConfig(**{**saved, "stop_after": None}), **changes,
-                                     resume=True, device=config.device)
+                                     shards=config.shards, resume=True, device=config.device)
     elif has_checkpoints:
         raise Gpt1Error(f"{out} already holds a run: pass --resume to continue it or choose another --out")
     config = config.resolved()
