@@ -16,7 +16,7 @@ def tokenize(
     inputs: List[str] = typer.Argument(..., help="Corpus files (.txt, .jsonl with a 'text' field, .parquet with a 'text' column), directories or globs."),
     out: Path = typer.Option(..., "--out", "-o", help="Directory for the shards, manifest.json and tokenizer.model."),
     vocab_size: int = typer.Option(8000, help="Vocabulary size of the BPE tokenizer to train."),
-    tokenizer: Optional[Path] = typer.Option(None, help="Reuse this SentencePiece .model instead of training one."),
+    tokenizer: Optional[str] = typer.Option(None, help="Reuse a tokenizer instead of training one: a SentencePiece .model, an openai-bpe .json, or openai:DIR (the original GPT-1 encoder + merges)."),
     tokens_per_shard: int = typer.Option(1 << 24, help="Tokens per Arrow shard file."),
     val_fraction: float = typer.Option(0.005, help="Fraction of documents held out for validation."),
     seed: int = typer.Option(0, help="Seed of the train/validation split."),

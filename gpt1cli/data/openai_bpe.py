@@ -67,6 +67,10 @@ _AROUND_NEWLINE = re.compile(r"\s*\n\s*")
 _SPACES = re.compile(r"[^\S\n]+")
 
 
+def _spaced(match: re.Match) -> str:
+    return f" {match.group()} "
+
+
 def standardize(text: str) -> str:
     """The release's clean-up: unify quotes, dashes and ellipses, space out punctuation runs,
     make each newline a separate word and collapse other whitespace to single spaces."""
@@ -75,7 +79,7 @@ def standardize(text: str) -> str:
     else:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = _CONTROL.sub("", text)
-    text = _SPACED_RUNS.sub(r" \1 ", text)
+    text = _SPACED_RUNS.sub(_spaced, text)
     text = _AROUND_NEWLINE.sub(" \n ", text)
     return _SPACES.sub(" ", text).strip()
 
@@ -104,7 +108,7 @@ def _is_edge_punct(ch: str) -> bool:
 
 
 def _is_kept_whole(word: str) -> bool:
-    return word.lower() in _ABBREVIATIONS or bool(_INITIALS.match(word))
+    return "." in word and (word.lower() in _ABBREVIATIONS or bool(_INITIALS.match(word)))
 
 
 def _period_splits(word: str) -> bool:

@@ -61,6 +61,8 @@ DEFAULTS = {
 }
 COMMON_DEFAULTS = dict(resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1, layer_norm_epsilon=1e-5, tie_word_embeddings=True,
                        summary_type="cls_index", summary_use_proj=True, summary_activation=None, summary_proj_to_labels=True)
+# Our model settings config.json has no key for; the others come from transformers' own keys.
+_NOT_IN_HF = ("attention", "window")
 # Activations equal to our tanh-form GELU. transformers' OpenAI GPT maps afn "gelu" to its tanh form.
 TANH_GELU = {"gpt1": ("afn", {"gelu"}), "gpt2": ("activation_function", {"gelu_new", "gelu_pytorch_tanh", "gelu_fast"})}
 
@@ -139,8 +141,6 @@ def _our_config(hf: dict, arch: str, vocab_rows: int, problems: Problems) -> Mod
         for name, wanted in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False), ("add_cross_attention", False)):
             if bool(_setting(hf, name)) != wanted:
                 problems.add(f"{name} {_setting(hf, name)!r} is not supported (ours: {wanted})")
-    if not _setting(hf, "tie_word_embeddings"):
-        problems.add("tie_word_embeddings is false: our output layer is the token embedding")
     # Old OpenAI GPT configs count added special tokens apart, in n_special.
     declared = _setting(hf, "vocab_size")
     if arch == "gpt1" and isinstance(declared, int) and isinstance(hf.get("n_special"), int):
@@ -156,9 +156,22 @@ def _our_config(hf: dict, arch: str, vocab_rows: int, problems: Problems) -> Mod
             dropout=float(_setting(hf, "resid_pdrop")), attn_dropout=float(_setting(hf, "attn_pdrop")),
             arch=arch, layer_norm_eps=float(_setting(hf, "layer_norm_epsilon")),
         )
-    except (Gpt1Error, TypeError) as exc:
+    except (Gpt1Error, TypeError, ValueError) as exc:
         problems.add(f"config.json: {exc}")
         return None
+
+
+def _restore_our_settings(hf: dict, config: ModelConfig, problems: Problems) -> ModelConfig:
+    """Settings of ours that config.json has no key for (an export of ours keeps them under "gpt1cli")."""
+    ours = hf.get(OUR_KEY, {}).get("model") if isinstance(hf.get(OUR_KEY), dict) else None
+    if not isinstance(ours, dict):
+        return config
+    extra = {k: v for k, v in ours.items() if k in _NOT_IN_HF and k in config.to_dict()}
+    try:
+        return config.replace(**extra)
+    except (Gpt1Error, TypeError) as exc:
+        problems.add(f"config.json {OUR_KEY}.model: {exc}")
+        return config
 
 
 def _mc_head_problems(hf: dict, tensors: dict[str, torch.Tensor], d_model: int, problems: Problems) -> None:
@@ -211,7 +224,7 @@ def import_hf(folder: str | Path, out: str | Path, *, tokenizer: str | None = No
     raw, weights_file = read_hf_weights(folder, allow_pickle=allow_pickle)
     problems = Problems(f"{folder} ({weights_file})")
     if arch is not None and MODEL_TYPES[model_type] != arch:
-        problems.add(f"--arch {arch} but config.json is a {model_type} model ({MODEL_TYPES[model_type]})")
+        problems.add(f"--arch {arch} but config.json has model_type {model_type} ({MODEL_TYPES[model_type]})")
     arch = MODEL_TYPES[model_type]
 
     tensors, original = {}, {}
@@ -231,7 +244,12 @@ def import_hf(folder: str | Path, out: str | Path, *, tokenizer: str | None = No
         problems.raise_if_any()
     if lm_head is not None and not torch.equal(lm_head, emb):
         problems.add(f"{HF_LM_HEAD} differs from the token embedding: our output layer is tied to it")
+    elif lm_head is None and not _setting(hf, "tie_word_embeddings"):
+        problems.add(f"tie_word_embeddings is false and there is no {HF_LM_HEAD}: our output layer is the token embedding")
+    embedding, added = fit_embedding(emb, tok, problems, seed=seed, source="the model")
     config = _our_config(hf, arch, emb.shape[0], problems)
+    if config is not None:
+        config = _restore_our_settings(hf, config, problems)
     has_head = any(name in tensors for name in HF_MC_HEAD)
     if config is not None:
         expected = hf_shapes(config)
@@ -250,7 +268,7 @@ def import_hf(folder: str | Path, out: str | Path, *, tokenizer: str | None = No
     problems.raise_if_any()
 
     state = from_hf(tensors, config)
-    state["tok_emb.weight"], added = fit_embedding(state["tok_emb.weight"], tok, problems, seed=seed, source="the model")
+    state["tok_emb.weight"] = embedding.to(torch.float32).contiguous()
     config = config.replace(vocab_size=tok.vocab_size)
     task = None
     if has_head:
@@ -315,7 +333,7 @@ def _hf_config(config: ModelConfig, tokenizer, task: dict | None) -> dict:
                   use_cache=True)
     if mcq:
         hf.update(id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0})
-    hf[OUR_KEY] = {"task": task, "tokenizer_file": OUR_TOKENIZER + tokenizer.file_suffix,
+    hf[OUR_KEY] = {"task": task, "model": config.to_dict(), "tokenizer_file": OUR_TOKENIZER + tokenizer.file_suffix,
                    "specials": dict(tokenizer.specials)}
     return hf
 
@@ -352,6 +370,9 @@ def export_hf(ckpt: str | Path, out: str | Path, *, drop_head: bool = False) -> 
     if config.arch == "gpt1" and config.d_ff != 4 * config.d_model:
         problems.add(f"d_ff {config.d_ff} is not 4 x d_model ({4 * config.d_model}): transformers' OpenAI GPT fixes "
                      "the MLP at that width (GPT-2 models export any width)")
+    if config.attention != "dense" and config.n_layer > 1 and config.window < config.n_ctx:
+        problems.add(f"attention {config.attention!r} bands every second layer to {config.window} tokens: "
+                     "transformers' GPT models attend densely")
     if tokenizer.vocab_size != config.vocab_size:
         problems.add(f"the tokenizer has {tokenizer.vocab_size} ids but the model {config.vocab_size} rows")
     task = checkpoint.task
