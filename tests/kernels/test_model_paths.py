@@ -15,13 +15,15 @@ from gpt1cli.train.optim import make_optimizer
 CONFIG = dict(vocab_size=97, n_ctx=24, n_layer=2, n_head=2, d_model=32, d_ff=64)
 
 
-def train(path: str, monkeypatch, *, arch: str, dropout: float, steps: int = 2):
+def train(path: str, monkeypatch, *, arch: str, dropout: float, steps: int = 2, repeat: bool = False):
     """Losses per step and the first step's gradients, with the kernels forced to ``path``."""
     monkeypatch.setenv("GPT1_KERNELS", path)
     torch.manual_seed(0)
     model = GPT(ModelConfig(**CONFIG, arch=arch, dropout=dropout, attn_dropout=dropout))
     optimizer = make_optimizer(model, 3e-3, 0.01)
     data = torch.randint(0, CONFIG["vocab_size"], (steps, 4, CONFIG["n_ctx"] + 1), generator=torch.Generator().manual_seed(1))
+    if repeat:  # one batch over and over: the loss must fall
+        data = data[:1].expand_as(data)
     losses, grads = [], None
     for batch in data:
         loss = model(batch[:, :-1], targets=batch[:, 1:])
@@ -45,11 +47,11 @@ def test_triton_path_trains_like_the_torch_path(arch, monkeypatch):
 
 
 def test_triton_path_with_dropout_trains(monkeypatch):
-    losses, _ = train("triton", monkeypatch, arch="gpt1", dropout=0.1, steps=3)
-    reference, _ = train("torch", monkeypatch, arch="gpt1", dropout=0.1, steps=3)
+    losses, _ = train("triton", monkeypatch, arch="gpt1", dropout=0.1, steps=3, repeat=True)
+    reference, _ = train("torch", monkeypatch, arch="gpt1", dropout=0.1, steps=3, repeat=True)
     # Different dropout masks (Philox in the kernel, torch's RNG elsewhere): close, not equal.
     assert all(abs(a - b) < 0.2 for a, b in zip(losses, reference))
-    assert losses[-1] < losses[0]
+    assert losses[-1] < losses[0] - 0.05
 
 
 def test_dispatch_follows_the_environment(monkeypatch):
