@@ -41,14 +41,17 @@ class ModelConfig:
             raise Gpt1Error(f"unknown attention {self.attention!r}; choose one of {', '.join(ATTENTION)}")
         for name in ("vocab_size", "n_ctx", "n_layer", "n_head", "d_model", "d_ff", "window"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise Gpt1Error(f"model setting {name} must be a positive integer, got {value!r}")
         if self.d_model % self.n_head:
             raise Gpt1Error(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
         for name in ("dropout", "attn_dropout"):
             value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise Gpt1Error(f"{name} must be in [0, 1), got {value}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise Gpt1Error(f"{name} must be a number in [0, 1), got {value!r}")
+        eps = self.layer_norm_eps
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 < eps < 1.0:
+            raise Gpt1Error(f"layer_norm_eps must be a small positive number, got {eps!r}")
 
     @property
     def head_dim(self) -> int:

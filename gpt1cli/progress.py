@@ -34,10 +34,9 @@ class Bar:
             self._progress.update(self._task, **fields)
 
     def log(self, message: str) -> None:
+        """A line above the bar; silent when the bar is disabled (metrics.jsonl has every figure)."""
         if self._progress is not None:
             self._progress.console.print(message)
-        else:
-            console.print(message)
 
 
 @contextlib.contextmanager

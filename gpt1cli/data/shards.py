@@ -180,8 +180,8 @@ class ShardDataset:
             splits = self.manifest["splits"]
             self.train = TokenSplit(self.directory, "train", splits["train"], self.dtype)
             self.val = TokenSplit(self.directory, "val", splits["val"], self.dtype)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise Gpt1Error(f"{manifest_path} is incomplete or malformed ({exc!r}); re-run `gpt1 tokenize`") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # fields of the wrong type or shape
+            raise Gpt1Error(f"{manifest_path} is incomplete or malformed ({type(exc).__name__}: {exc}); re-run `gpt1 tokenize`") from None
         self.tokenizer_path = self.directory / str(tokenizer.get("file", TOKENIZER_FILE))
 
     def split(self, name: str) -> TokenSplit:

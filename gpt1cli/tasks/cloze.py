@@ -62,8 +62,14 @@ def make_cloze(
     if max_examples:
         passages = passages[:max_examples]
     pool = [(i, s) for i, sents in enumerate(documents) for s in sents]
+    distinct = len({s for _, s in pool})
     examples = []
     for doc_index, context, ending in passages:
+        # Without enough sentences elsewhere the sampling below could never finish.
+        elsewhere = distinct - len(set(documents[doc_index]) - {ending}) - 1
+        if elsewhere < choices - 1:
+            raise Gpt1Error(f"--choices {choices} needs {choices - 1} distractor sentences from other documents, "
+                            f"the corpus has {max(elsewhere, 0)} for some passages: use more text or fewer --choices")
         distractors = []
         while len(distractors) < choices - 1:
             other_doc, sentence = pool[rng.randrange(len(pool))]

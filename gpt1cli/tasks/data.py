@@ -99,7 +99,9 @@ def _csv_record(row: dict) -> dict:
     elif choice_columns:
         record["choices"] = [row[k] for k in choice_columns if row[k] not in (None, "")]
     label = record.get("label")
-    if isinstance(label, str):
+    if label == "":
+        record["label"] = None  # an empty cell is a missing label, not the class ""
+    elif isinstance(label, str):
         try:
             record["label"] = int(label)
         except ValueError:

@@ -101,6 +101,9 @@ def _finetune(config: FinetuneConfig, world: World, device: torch.device, show_p
     if config.task == "mcq":
         n_choices = len(train_examples[0].fields["choices"])
         n_outputs = 1
+        if len(val_examples[0].fields["choices"]) != n_choices:
+            raise Gpt1Error(f"{config.val}: examples have {len(val_examples[0].fields['choices'])} choices, "
+                            f"the training examples {n_choices}")
     else:
         n_choices = None
         n_outputs = 1 if config.regression else len(labels)

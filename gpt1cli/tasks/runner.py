@@ -29,11 +29,16 @@ def label_indices(examples: list[Example], labels: list, regression: bool) -> li
     if regression:
         return [float(e.label) for e in examples]
     index = {label: i for i, label in enumerate(labels)}
+    # CSV gives "1" as the number 1, JSONL keeps the string: the same label either way.
+    by_text = {str(label): i for i, label in enumerate(labels)}
     out = []
     for example in examples:
-        if example.label not in index:
+        if example.label in index and type(example.label) is type(labels[index[example.label]]):
+            out.append(index[example.label])
+        elif str(example.label) in by_text:
+            out.append(by_text[str(example.label)])
+        else:
             raise Gpt1Error(f"{example.where}: label {example.label!r} was not seen in training (labels: {labels})")
-        out.append(index[example.label])
     return out
 
 

@@ -28,8 +28,8 @@ class Specials:
 def _fit(first: list[int], second: list[int] | None, n_ctx: int) -> tuple[list[int], list[int] | None]:
     overhead = 2 if second is None else 3
     budget = n_ctx - overhead
-    if second is not None and len(second) > budget - 1:
-        second = second[-(budget - 1):] if budget > 1 else []
+    if second is not None and len(second) > budget:
+        second = second[-budget:] if budget > 0 else []
     room = budget - (len(second) if second is not None else 0)
     if len(first) > room:
         first = first[len(first) - room:] if room > 0 else []

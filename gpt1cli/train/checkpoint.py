@@ -178,6 +178,21 @@ def _load_tensors(path: Path, expected_hash: str | None, what: str) -> dict[str,
         raise Gpt1Error(f"{path} is not a readable safetensors file ({exc})") from None
 
 
+def _check_shapes(config: ModelConfig, state: dict[str, torch.Tensor], folder: Path) -> None:
+    """The recorded settings must describe the stored weights (before any model is built from them)."""
+    expected = {
+        "tok_emb.weight": (config.vocab_size, config.d_model),
+        "pos_emb.weight": (config.n_ctx, config.d_model),
+        f"blocks.{config.n_layer - 1}.mlp.fc.weight": (config.d_ff, config.d_model),
+    }
+    wrong = [f"{name} {tuple(state[name].shape) if name in state else 'missing'} (settings say {shape})"
+             for name, shape in expected.items() if name not in state or tuple(state[name].shape) != shape]
+    if f"blocks.{config.n_layer}.mlp.fc.weight" in state:
+        wrong.append(f"more than n_layer={config.n_layer} blocks")
+    if wrong:
+        raise Gpt1Error(f"{folder}: the weights do not match {META}: {'; '.join(wrong)}")
+
+
 def load_checkpoint(path: str | Path, *, with_trainer: bool = False) -> Checkpoint:
     """Load and verify a checkpoint (folder or run directory)."""
     folder = resolve_checkpoint(path)
@@ -188,6 +203,7 @@ def load_checkpoint(path: str | Path, *, with_trainer: bool = False) -> Checkpoi
         raise Gpt1Error(f"{folder / META} lacks the model settings: it is corrupt")
     config = ModelConfig.from_dict(meta["model"])
     state = _load_tensors(folder / WEIGHTS, meta.get("weights_blake2b"), "weights")
+    _check_shapes(config, state, folder)
     checkpoint = Checkpoint(folder, meta, config, state)
     if not checkpoint.tokenizer_path.is_file():
         raise Gpt1Error(f"{folder} lacks {checkpoint.tokenizer_path.name}: the checkpoint is incomplete")
