@@ -28,7 +28,8 @@ test-gpu: $(VENV)/.installed
 	$(PY) -m pytest -q -m gpu
 
 bench: $(VENV)/.installed
-	$(VENV)/bin/gpt1 bench all
+	$(PY) -m pip install -q -e ".[plot]"
+	$(VENV)/bin/gpt1 bench all --plot
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache

@@ -48,7 +48,7 @@ class ModelConfig:
         for name in ("dropout", "attn_dropout"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-                raise Gpt1Error(f"{name} must be a number in [0, 1), got {value!r}")
+                raise Gpt1Error(f"{name} must be in [0, 1), got {value!r}")
         eps = self.layer_norm_eps
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 < eps < 1.0:
             raise Gpt1Error(f"layer_norm_eps must be a small positive number, got {eps!r}")

@@ -15,17 +15,12 @@ treat all cached artefacts as read-only.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
-import os
 import random
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -56,89 +51,20 @@ MEMO_STEPS = 120
 
 
 # ---------------------------------------------------------------------------------------------
-# Threads: two shared cores; one intra-op thread avoids oversubscription.
+# Threads and running the CLI: shared with the pipeline tests.
 
-
-@contextlib.contextmanager
-def one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread_module():
-    """Import into a test module to run its torch work on one thread (restored afterwards)."""
-    with one_torch_thread():
-        yield
-
-
-# ---------------------------------------------------------------------------------------------
-# Running the CLI
-
-
-@dataclass
-class CliResult:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def err_lines(self) -> list[str]:
-        return [line for line in self.err.splitlines() if line.strip()]
-
-
-def run_main(argv: list, capsys) -> CliResult:
-    """``gpt1 ARGV`` in this process; an escaping exception counts as exit 1 with its traceback."""
-    from gpt1cli.cli.app import main
-
-    capsys.readouterr()
-    code = 0
-    try:
-        result = main([str(a) for a in argv])
-        if isinstance(result, int):
-            code = result
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except Exception:
-        import traceback
-
-        captured = capsys.readouterr()
-        return CliResult(1, captured.out, captured.err + traceback.format_exc())
-    captured = capsys.readouterr()
-    return CliResult(code, captured.out, captured.err)
+from helpers import CliResult, assert_one_error_line, one_torch_thread, run_main, single_thread_module  # noqa: E402,F401
+from helpers import run_subprocess as _run_subprocess  # noqa: E402
 
 
 def run_subprocess(argv: list, *, timeout: float = 180) -> CliResult:
-    """``python -m gpt1cli ARGV`` in a separate process."""
-    env = dict(os.environ)
-    env.update({"COLUMNS": "250", "NO_COLOR": "1", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"})
-    proc = subprocess.run([sys.executable, "-m", "gpt1cli", *[str(a) for a in argv]], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+    """``python -m gpt1cli ARGV`` in a separate process, from the repository root."""
+    return _run_subprocess(argv, cwd=REPO, timeout=timeout)
 
 
 def assert_ok(result: CliResult) -> CliResult:
     assert result.code == 0, f"exit {result.code}\nstdout:\n{result.out}\nstderr:\n{result.err}"
     return result
-
-
-def assert_one_error_line(result: CliResult, *must_contain) -> str:
-    """The failure contract: exit 2, exactly one ``error:`` line on stderr, no traceback."""
-    assert result.code == 2, f"exit code {result.code}, stderr:\n{result.err}"
-    assert "Traceback" not in result.err, result.err
-    lines = result.err_lines
-    assert len(lines) == 1, f"expected one stderr line, got {len(lines)}:\n{result.err}"
-    line = lines[0]
-    assert line.startswith("error: "), line
-    for text in must_contain:
-        assert str(text) in line, f"{text!r} not in {line!r}"
-    return line
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,53 +1,85 @@
-"""`gpt1 generate`: continue a prompt, streaming tokens as they come."""
+"""`gpt1 generate`: continue a prompt (streaming tokens as they come), or every prompt of a file."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import torch
 import typer
+from rich.console import Console
 
 from ..errors import Gpt1Error
-from ..model.generate import generate_tokens
+from ..model.generate import DecodeSettings, check_prompt, complete, task_prompt
 from ..model.loading import model_from_checkpoint, tokenizer_for
 from ..runtime import pick_device
 
 
 def generate(
     ckpt: Path = typer.Option(..., help="Checkpoint folder or run directory (its latest checkpoint)."),
-    prompt: str = typer.Option(..., help="Text to continue."),
-    max_new_tokens: int = typer.Option(100, help="Tokens to generate."),
-    temperature: float = typer.Option(0.8, help="Sampling temperature; 0 is greedy."),
-    top_k: Optional[int] = typer.Option(None, help="Sample only from the k most likely tokens."),
-    top_p: Optional[float] = typer.Option(None, help="Sample only from the smallest set of tokens reaching this probability."),
-    seed: int = typer.Option(0, help="Sampling seed."),
+    prompt: Optional[str] = typer.Option(None, help="Text to continue (or --input FILE).", show_default="none"),
+    input_file: Optional[Path] = typer.Option(None, "--input", help="JSONL of prompts, one {\"prompt\": ...} (or {\"input\": ...}) per line.", show_default="none"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="With --input: JSONL written with each line's fields plus completion and finish (and beams with --beams > 1).", show_default="none"),
+    max_new_tokens: int = typer.Option(100, help="Most tokens to generate."),
+    temperature: float = typer.Option(0.8, help="Sampling temperature; 0 is greedy. Not used by beam search."),
+    top_k: Optional[int] = typer.Option(None, help="Sample only from the k most likely tokens.", show_default="all"),
+    top_p: Optional[float] = typer.Option(None, help="Sample only from the smallest set of tokens reaching this probability.", show_default="1"),
+    beams: int = typer.Option(1, help="Beam search with N beams (deterministic) and show the N best with their scores; 1 samples (or is greedy)."),
+    length_penalty: float = typer.Option(0.0, help="Beam search: alpha; hypotheses are ranked by log P / lp(length) (0: plain log P; > 0 favours longer ones)."),
+    length_norm: str = typer.Option("gnmt", help="Beam search: lp = ((5 + length) / 6)^alpha (gnmt, Wu et al. 2016) or length^alpha (power)."),
+    early_stopping: bool = typer.Option(True, "--early-stopping/--no-early-stopping", help="Beam search: stop once N hypotheses are finished; --no-early-stopping goes on until no live beam can beat them."),
+    repetition_penalty: float = typer.Option(1.0, help="CTRL's penalty on tokens already in the prompt or output (positive logits divided by it, negative multiplied); 1 is none."),
+    no_repeat_ngram_size: int = typer.Option(0, help="Never repeat an n-gram of this size (prompt included); 0 is off."),
+    stop: Optional[List[str]] = typer.Option(None, "--stop", help="End the output where this string appears (it is not printed; \\n is a line break); repeatable.", show_default="none"),
+    task_format: bool = typer.Option(False, "--task-format", help="Wrap the prompt as \\[start; prompt; delim] and print only the completion (on by itself for a checkpoint fine-tuned with --task generate)."),
+    plain: bool = typer.Option(False, "--plain", help="Continue the prompt as plain text even for a generate-task checkpoint."),
+    seed: int = typer.Option(0, help="Sampling seed (line i of --input uses seed + i)."),
     device: str = typer.Option("auto", help="auto (CUDA when available), cpu or cuda."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar for --input."),
 ) -> None:
-    """Generate a continuation of --prompt with a KV cache, printing it as it is produced."""
-    if max_new_tokens <= 0:
-        raise Gpt1Error(f"--max-new-tokens must be positive, got {max_new_tokens}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise Gpt1Error(f"--top-p must be in (0, 1], got {top_p}")
+    """Generate a continuation of --prompt (or of each prompt in --input) with a KV cache."""
+    if (prompt is None) == (input_file is None):
+        raise Gpt1Error("give exactly one of --prompt TEXT or --input FILE")
+    if input_file is not None and out is None:
+        raise Gpt1Error("--input needs --out FILE for the completions")
+    if out is not None and input_file is None:
+        raise Gpt1Error("--out goes with --input FILE; a --prompt's completion is printed")
+    if task_format and plain:
+        raise Gpt1Error("--task-format and --plain contradict each other: give one")
+    settings = DecodeSettings(
+        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, beams=beams,
+        length_alpha=length_penalty, length_norm=length_norm, early_stopping=early_stopping,
+        repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+        stop=tuple(s.replace("\\n", "\n") for s in stop or ()),
+    ).check()
     dev = pick_device(device)
     model, checkpoint = model_from_checkpoint(ckpt, dev)
     tokenizer = tokenizer_for(checkpoint)
+    wrap = task_format or (not plain and (checkpoint.task or {}).get("name") == "generate")
+    if input_file is not None:
+        from ..tasks.generative import generate_file
+
+        count = generate_file(model, tokenizer, input_file, out, settings, task_format=wrap, seed=seed,
+                              show_progress=not quiet)
+        Console().print(f"{count} completions written to {out}")
+        return
     prompt_ids = tokenizer.encode(prompt)
+    if wrap:
+        prompt_ids = task_prompt(tokenizer, prompt_ids, model.config.n_ctx, max_new_tokens)
+    check_prompt(model, prompt_ids)
+    head = "" if wrap else prompt
     generator = torch.Generator(device=dev).manual_seed(seed)
-    produced: list[int] = []
-    printed = ""
-    prompt_text = tokenizer.decode(prompt_ids)
-    sys.stdout.write(prompt)
-    for token in generate_tokens(model, prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature,
-                                 top_k=top_k, top_p=top_p, stop_ids=(tokenizer.eos_id,), generator=generator):
-        if token == tokenizer.eos_id:
-            break
-        produced.append(token)
-        # Decode the whole continuation each time: pieces and byte fallbacks only make sense together.
-        text = tokenizer.decode(prompt_ids + produced)[len(prompt_text):]
-        if not text.endswith("\ufffd"):
-            sys.stdout.write(text[len(printed):])
+    if beams == 1:
+        sys.stdout.write(head)
+
+        def show(text: str) -> None:
+            sys.stdout.write(text)
             sys.stdout.flush()
-            printed = text
-    sys.stdout.write("\n")
+
+        complete(model, tokenizer, prompt_ids, settings, task_format=wrap, generator=generator, on_text=show)
+        sys.stdout.write("\n")
+        return
+    for rank, beam in enumerate(complete(model, tokenizer, prompt_ids, settings, task_format=wrap), start=1):
+        sys.stdout.write(f"[beam {rank}] score {beam.score:.4f} (log P {beam.logprob:.4f}, {len(beam.tokens)} tokens, "
+                         f"{beam.finish})\n{head}{beam.text}\n")

@@ -40,6 +40,7 @@ from typing import Iterable
 
 from ..errors import Gpt1Error
 from ..fileio import atomic_write_bytes, file_hash, read_json
+from .tokenizer import SpecialTokenIds
 
 ENCODER_NAMES = ("encoder_bpe_40000.json", "vocab.json")
 MERGES_NAMES = ("vocab_40000.bpe", "merges.txt")
@@ -223,7 +224,7 @@ def read_merges(path: Path) -> list[tuple[str, str]]:
     return merges
 
 
-class OpenAIBPETokenizer:
+class OpenAIBPETokenizer(SpecialTokenIds):
     """The original GPT-1 BPE with this toolkit's tokenizer interface (see :mod:`gpt1cli.data.tokenizer`)."""
 
     kind = "openai-bpe"
@@ -326,26 +327,6 @@ class OpenAIBPETokenizer:
     @property
     def vocab_size(self) -> int:
         return self.base_vocab_size + len(SPECIAL_TOKENS)
-
-    @property
-    def pad_id(self) -> int:
-        return self.specials["pad"]
-
-    @property
-    def eos_id(self) -> int:
-        return self.specials["eos"]
-
-    @property
-    def start_id(self) -> int:
-        return self.specials["start"]
-
-    @property
-    def delim_id(self) -> int:
-        return self.specials["delim"]
-
-    @property
-    def extract_id(self) -> int:
-        return self.specials["extract"]
 
     def bpe(self, word: str) -> list[str]:
         """The BPE pieces of one (lower-cased) word, the last one ending in ``</w>``."""

@@ -22,7 +22,33 @@ MAX_SENTENCE_BYTES = 4192
 MIN_VOCAB = 256 + 6 + 2  # byte fallback pieces + reserved ids + room for merges
 
 
-class SentencePieceTokenizer:
+class SpecialTokenIds:
+    """The special-token ids every tokenizer exposes, read from its ``specials`` mapping."""
+
+    specials: dict[str, int]
+
+    @property
+    def pad_id(self) -> int:
+        return self.specials["pad"]
+
+    @property
+    def eos_id(self) -> int:
+        return self.specials["eos"]
+
+    @property
+    def start_id(self) -> int:
+        return self.specials["start"]
+
+    @property
+    def delim_id(self) -> int:
+        return self.specials["delim"]
+
+    @property
+    def extract_id(self) -> int:
+        return self.specials["extract"]
+
+
+class SentencePieceTokenizer(SpecialTokenIds):
     """A trained SentencePiece model, loaded from its ``.model`` file.
 
     The tokenizer interface every command relies on: ``kind``, ``file_suffix``, ``vocab_size``,
@@ -54,26 +80,6 @@ class SentencePieceTokenizer:
     @property
     def vocab_size(self) -> int:
         return self._sp.GetPieceSize()
-
-    @property
-    def pad_id(self) -> int:
-        return self.specials["pad"]
-
-    @property
-    def eos_id(self) -> int:
-        return self.specials["eos"]
-
-    @property
-    def start_id(self) -> int:
-        return self.specials["start"]
-
-    @property
-    def delim_id(self) -> int:
-        return self.specials["delim"]
-
-    @property
-    def extract_id(self) -> int:
-        return self.specials["extract"]
 
     def hash(self) -> str:
         return file_hash(self.path)

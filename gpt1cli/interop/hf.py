@@ -380,6 +380,8 @@ def export_hf(ckpt: str | Path, out: str | Path, *, drop_head: bool = False) -> 
     if task:
         if task.get("name") == "mcq":
             mcq_task = task
+        elif task.get("name") == "generate":
+            pass  # a generative fine-tune has no head: it is a language model like any other
         elif not drop_head:
             problems.add(f"the checkpoint is fine-tuned for {task.get('name')}: transformers has no GPT head of that form "
                          "(a linear layer with bias on the extract token); pass --drop-head to export the decoder alone")

@@ -44,7 +44,7 @@ class Example:
     where: str
 
 
-def _records(path: Path) -> Iterator[tuple[str, dict]]:
+def records(path: Path) -> Iterator[tuple[str, dict]]:
     """Yield (location, record) pairs from a JSONL, CSV or Parquet file."""
     if not path.is_file():
         raise Gpt1Error(f"task file not found: {path}")
@@ -118,7 +118,7 @@ def load_examples(path: str | Path, task: str, *, regression: bool = False, requ
         raise Gpt1Error(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     path = Path(path)
     examples = []
-    for where, record in _records(path):
+    for where, record in records(path):
         fields = {}
         for name in FIELDS[task]:
             if name not in record or record[name] is None:

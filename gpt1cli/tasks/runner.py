@@ -11,7 +11,7 @@ from ..model.gpt import GPT
 from ..runtime import autocast
 from ..train.checkpoint import Checkpoint, load_checkpoint
 from .data import Example
-from .model import Batch, TaskModel, collate
+from .model import TaskModel, collate
 from .transforms import Specials, transform
 
 
@@ -81,6 +81,9 @@ def load_task_model(path: str | Path, device, task: str | None = None) -> tuple[
     info = checkpoint.task
     if not info:
         raise Gpt1Error(f"{checkpoint.path} is a pre-trained checkpoint without a task head: fine-tune it with `gpt1 finetune`")
+    if info.get("name") == "generate":
+        raise Gpt1Error(f"{checkpoint.path} is a generate-task checkpoint (no head): use `gpt1 generate --ckpt RUN "
+                        "--input FILE --out FILE` or `gpt1 eval --task generate`")
     if task is not None and info["name"] != task:
         raise Gpt1Error(f"{checkpoint.path} was fine-tuned for the {info['name']} task, not {task}")
     gpt = GPT(checkpoint.config)

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import torch
 
-from ..config import TRAIN_DEFAULTS, ModelConfig, preset
+from ..config import TRAIN_DEFAULTS, preset
 from ..data.shards import ShardDataset, WindowSampler
 from ..errors import Gpt1Error, TrainingStopped
-from ..fileio import file_hash
 from ..model import ops
 from ..model.gpt import GPT
 from ..progress import progress_bar
@@ -36,7 +35,6 @@ from .distributed import (
     distributed_session,
     full_state,
     gradient_sync,
-    unwrap,
     wrap_model,
 )
 from .evaluate import evaluate_lm
@@ -125,7 +123,8 @@ def pretrain(config: PretrainConfig, *, show_progress: bool = True) -> dict:
 
     Under torchrun every rank runs this; rank 0 alone logs and writes checkpoints.
     """
-    with distributed_session(config.device, config.dist_timeout) as (world, device):
+    timeout = config.dist_timeout if config.dist_timeout is not None else RUN_DEFAULTS["dist_timeout"]
+    with distributed_session(config.device, timeout) as (world, device):
         return _pretrain(config, world, device, show_progress)
 
 

@@ -1,0 +1,431 @@
+"""Kernel benchmarks: each Triton kernel against eager PyTorch and the best built-in alternative.
+
+Groups (``op``/``mode``) and their implementations:
+
+* ``attention`` (fwd, fwd+bwd): ``eager`` (matmul, mask, softmax, matmul), ``sdpa``
+  (``F.scaled_dot_product_attention``, flash backend where it is available), ``ours``
+  (``gpt1_kernels.attention.flash_attention``); causal, ``(B, 12, T, 64)``.
+* ``attention-window`` (fwd+bwd): GPT-3 style banded layers at long ``T``: ``eager`` and
+  ``sdpa`` with a band mask, ``ours-dense`` (plain causal, for comparison) and ``ours``.
+* ``layernorm`` (fwd, fwd+bwd): ``LayerNorm(x + residual)``: ``eager`` (add, manual mean and
+  variance in fp32), ``layer_norm`` (add, then ``F.layer_norm``), ``compiled``
+  (``torch.compile`` of add + ``F.layer_norm``), ``ours`` (residual add fused).
+* ``cross-entropy`` (fwd+bwd): the tied LM head's loss: ``eager`` (full logits, then
+  ``F.cross_entropy``), ``compiled`` (the same under ``torch.compile``), ``ours`` (chunked
+  ``linear_cross_entropy``).
+
+FLOPs and bytes are those of the operation, the same for every implementation, so TFLOP/s
+and GB/s are "useful" rates (see :func:`attention_flops` and :func:`layernorm_bytes`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .harness import (
+    Settings,
+    guarded,
+    measure,
+    peak_memory,
+    reset_compiler,
+    speedup,
+)
+
+BASELINE = "eager"
+
+# fwd+bwd FLOPs as a multiple of the forward's. The backward has four matmuls of the
+# forward's size (dV, dP, dQ, dK) to the forward's two, so fwd+bwd = 3 x fwd. A flash
+# kernel also recomputes Q K^T in its backward (FlashAttention's papers count 2.5 x fwd for
+# the backward alone, 3.5 x in all); that recomputation is not useful work and is not counted.
+ATTENTION_FWD_BWD_FACTOR = 3.0
+HEADS, HEAD_DIM = 12, 64
+WINDOW = 256
+LN_ROWS = 16384  # 32 sequences of 512 tokens
+HIDDEN = 768
+
+
+@dataclass(frozen=True)
+class Impl:
+    name: str
+    build: Callable[[], tuple[Callable[[], object], list[torch.Tensor], dict]]
+    triton: bool = False
+    compiled: bool = False
+
+
+# ----------------------------------------------------------------------------- FLOPs, bytes
+
+
+def attention_pairs(t: int, window: int | None = None) -> float:
+    """Visible (query, key) pairs of a causal (optionally banded) head, counting T^2/2 for dense."""
+    if window is None or window >= t:
+        return t * t / 2
+    return t * window - window * window / 2
+
+
+def attention_flops(b: int, h: int, t: int, d: int, mode: str, window: int | None = None) -> float:
+    """``4 B H D x pairs`` forward (Q K^T and P V), times ``ATTENTION_FWD_BWD_FACTOR`` with backward."""
+    forward = 4.0 * b * h * d * attention_pairs(t, window)
+    return forward if mode == "fwd" else forward * ATTENTION_FWD_BWD_FACTOR
+
+
+def layernorm_bytes(rows: int, cols: int, elem: int, mode: str, param_elem: int = 4) -> float:
+    """Bytes a fused residual-add LayerNorm must move.
+
+    Forward: read ``x`` and ``residual``, write the output, read weight and bias. Backward:
+    read the output gradient, ``x`` and ``residual``, write one input gradient (shared by
+    ``x`` and ``residual``), read the weight, write the weight and bias gradients.
+    """
+    activations = rows * cols * elem
+    forward = 3 * activations + 2 * cols * param_elem
+    if mode == "fwd":
+        return float(forward)
+    return float(forward + 4 * activations + 3 * cols * param_elem)
+
+
+def linear_ce_flops(tokens: int, vocab: int, hidden: int) -> float:
+    """Three matmuls of ``2 N V C``: logits, their gradient through to the hidden states and to the weight."""
+    return 6.0 * tokens * vocab * hidden
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+
+def attention_shapes(settings: Settings) -> list[dict]:
+    if settings.quick:
+        d = 64 if settings.cuda else 16
+        return [dict(B=1, H=2, T=t, D=d) for t in (32, 64)]
+    # B x T near 16k tokens, with B kept within 8-32 sequences.
+    return [dict(B=max(8, min(32, 16384 // t)), H=HEADS, T=t, D=HEAD_DIM) for t in (128, 256, 512, 1024, 2048)]
+
+
+def window_shapes(settings: Settings) -> list[dict]:
+    if settings.quick:
+        d = 64 if settings.cuda else 16
+        return [dict(B=1, H=2, T=128, D=d, window=32)]
+    return [dict(B=max(1, 16384 // t), H=HEADS, T=t, D=HEAD_DIM, window=WINDOW) for t in (2048, 4096, 8192)]
+
+
+def layernorm_shapes(settings: Settings) -> list[dict]:
+    if settings.quick:
+        return [dict(rows=64, cols=c) for c in (64, 128)]
+    return [dict(rows=LN_ROWS, cols=c) for c in (768, 1024, 2048, 4096)]
+
+
+def cross_entropy_shapes(settings: Settings) -> list[dict]:
+    if settings.quick:
+        return [dict(tokens=64, vocab=512, hidden=32)]
+    # The token sweep at GPT-2's vocabulary, one point at GPT-1's (each case compiles anew).
+    return ([dict(tokens=8192, vocab=40478, hidden=HIDDEN)]
+            + [dict(tokens=n, vocab=50257, hidden=HIDDEN) for n in (2048, 8192, 32768)])
+
+
+# ----------------------------------------------------------------------------- attention
+
+
+def _causal_band(t: int, window: int | None, device) -> torch.Tensor:
+    pos = torch.arange(t, device=device)
+    allowed = pos.view(1, -1) <= pos.view(-1, 1)
+    if window is not None:
+        allowed &= pos.view(1, -1) > pos.view(-1, 1) - window
+    return allowed
+
+
+def eager_attention(q, k, v, allowed: torch.Tensor) -> torch.Tensor:
+    """Textbook attention: scores, mask, fp32 softmax, weighted sum."""
+    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    return probs @ v
+
+
+def _sdpa_call(q, k, v, allowed: torch.Tensor | None):
+    """SDPA restricted to the flash backend when it accepts these inputs; the choice is reported."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    if allowed is None:
+        def call():
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    else:
+        def call():
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+
+    if allowed is None:
+        try:
+            with torch.no_grad(), sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+                call()
+
+            def flash():
+                with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+                    return call()
+
+            return flash, "flash"
+        except RuntimeError:
+            pass
+    return call, "default" if allowed is None else "default (boolean mask)"
+
+
+def _attention_inputs(shape: dict, settings: Settings, grad: bool):
+    torch.manual_seed(0)
+    b, h, t, d = shape["B"], shape["H"], shape["T"], shape["D"]
+    q, k, v = (torch.randn(b, h, t, d, device=settings.device, dtype=settings.dtype, requires_grad=grad)
+               for _ in range(3))
+    dout = torch.randn(b, h, t, d, device=settings.device, dtype=settings.dtype)
+    return q, k, v, dout
+
+
+def _with_backward(forward: Callable[[], torch.Tensor], dout: torch.Tensor | None) -> Callable[[], object]:
+    if dout is None:
+        return forward
+
+    def step():
+        forward().backward(dout)
+
+    return step
+
+
+def attention_impls(shape: dict, settings: Settings, mode: str, banded: bool) -> list[Impl]:
+    grad = mode == "fwd+bwd"
+    window = shape.get("window") if banded else None
+
+    def inputs():
+        q, k, v, dout = _attention_inputs(shape, settings, grad)
+        return q, k, v, (dout if grad else None)
+
+    def eager():
+        q, k, v, dout = inputs()
+        allowed = _causal_band(shape["T"], window, settings.device)
+        return _with_backward(lambda: eager_attention(q, k, v, allowed), dout), [q, k, v], {}
+
+    def sdpa():
+        q, k, v, dout = inputs()
+        allowed = _causal_band(shape["T"], window, settings.device) if window is not None else None
+        call, backend = _sdpa_call(q, k, v, allowed)
+        return _with_backward(call, dout), [q, k, v], {"backend": backend}
+
+    def ours(use_window: int | None):
+        def build():
+            from gpt1_kernels.attention import flash_attention
+
+            q, k, v, dout = inputs()
+            return _with_backward(lambda: flash_attention(q, k, v, causal=True, window=use_window), dout), [q, k, v], {}
+
+        return build
+
+    impls = [Impl("eager", eager), Impl("sdpa", sdpa)]
+    if banded:
+        impls.append(Impl("ours-dense", ours(None), triton=True))
+    impls.append(Impl("ours", ours(window), triton=True))
+    return impls
+
+
+# ----------------------------------------------------------------------------- layernorm
+
+
+def eager_add_layer_norm(x, residual, weight, bias, eps: float = 1e-5):
+    """Residual add, then mean and variance by hand in fp32."""
+    summed = (x + residual).float()
+    mean = summed.mean(dim=-1, keepdim=True)
+    centred = summed - mean
+    var = (centred * centred).mean(dim=-1, keepdim=True)
+    return (centred * torch.rsqrt(var + eps) * weight + bias).to(x.dtype)
+
+
+def _layernorm_inputs(shape: dict, settings: Settings, grad: bool):
+    torch.manual_seed(0)
+    rows, cols = shape["rows"], shape["cols"]
+    x = torch.randn(rows, cols, device=settings.device, dtype=settings.dtype, requires_grad=grad)
+    residual = torch.randn(rows, cols, device=settings.device, dtype=settings.dtype, requires_grad=grad)
+    # fp32 gains and biases, as in the model under autocast.
+    weight = (1.0 + 0.1 * torch.randn(cols, device=settings.device)).requires_grad_(grad)
+    bias = (0.1 * torch.randn(cols, device=settings.device)).requires_grad_(grad)
+    dout = torch.randn(rows, cols, device=settings.device, dtype=settings.dtype) if grad else None
+    return x, residual, weight, bias, dout
+
+
+def _builtin_layer_norm_params(x, weight, bias):
+    """Gain and bias ``F.layer_norm`` accepts with ``x``: fp32 where mixed dtypes work, else ``x``'s."""
+    try:
+        with torch.no_grad():
+            F.layer_norm(x[:1], (x.shape[-1],), weight, bias)
+        return weight, bias
+    except RuntimeError:
+        grad = weight.requires_grad
+        return (weight.detach().to(x.dtype).requires_grad_(grad), bias.detach().to(x.dtype).requires_grad_(grad))
+
+
+def layernorm_impls(shape: dict, settings: Settings, mode: str) -> list[Impl]:
+    grad = mode == "fwd+bwd"
+    cols = shape["cols"]
+
+    def eager():
+        x, r, w, b, dout = _layernorm_inputs(shape, settings, grad)
+        return _with_backward(lambda: eager_add_layer_norm(x, r, w, b), dout), [x, r, w, b], {}
+
+    def builtin():
+        x, r, w, b, dout = _layernorm_inputs(shape, settings, grad)
+        w, b = _builtin_layer_norm_params(x, w, b)
+        return _with_backward(lambda: F.layer_norm(x + r, (cols,), w, b, 1e-5), dout), [x, r, w, b], {}
+
+    def compiled():
+        x, r, w, b, dout = _layernorm_inputs(shape, settings, grad)
+        w, b = _builtin_layer_norm_params(x, w, b)
+        reset_compiler()
+
+        def add_ln(x, r, w, b):
+            return F.layer_norm(x + r, (cols,), w, b, 1e-5)
+
+        fn = torch.compile(add_ln, dynamic=False)
+        return _with_backward(lambda: fn(x, r, w, b), dout), [x, r, w, b], {}
+
+    def ours():
+        from gpt1_kernels.layernorm import add_layer_norm
+
+        x, r, w, b, dout = _layernorm_inputs(shape, settings, grad)
+        return _with_backward(lambda: add_layer_norm(x, r, w, b, eps=1e-5), dout), [x, r, w, b], {}
+
+    return [Impl("eager", eager), Impl("layer_norm", builtin), Impl("compiled", compiled, compiled=True),
+            Impl("ours", ours, triton=True)]
+
+
+# ----------------------------------------------------------------------------- cross-entropy
+
+
+def eager_linear_cross_entropy(hidden, weight, targets):
+    """Full logits, then ``F.cross_entropy`` in fp32 (the torch path of the LM loss)."""
+    return F.cross_entropy((hidden @ weight.t()).float(), targets)
+
+
+def _ce_inputs(shape: dict, settings: Settings):
+    torch.manual_seed(0)
+    n, v, c = shape["tokens"], shape["vocab"], shape["hidden"]
+    hidden = torch.randn(n, c, device=settings.device, dtype=settings.dtype).requires_grad_(True)
+    weight = (0.02 * torch.randn(v, c, device=settings.device)).to(settings.dtype).requires_grad_(True)
+    targets = torch.randint(0, v, (n,), device=settings.device)
+    return hidden, weight, targets
+
+
+def cross_entropy_impls(shape: dict, settings: Settings) -> list[Impl]:
+    def eager():
+        h, w, t = _ce_inputs(shape, settings)
+        return lambda: eager_linear_cross_entropy(h, w, t).backward(), [h, w], {}
+
+    def compiled():
+        h, w, t = _ce_inputs(shape, settings)
+        reset_compiler()
+        fn = torch.compile(eager_linear_cross_entropy, dynamic=False)
+        return lambda: fn(h, w, t).backward(), [h, w], {}
+
+    def ours():
+        from gpt1_kernels.cross_entropy import linear_cross_entropy
+
+        h, w, t = _ce_inputs(shape, settings)
+        return lambda: linear_cross_entropy(h, w, t).backward(), [h, w], {}
+
+    return [Impl("eager", eager), Impl("compiled", compiled, compiled=True), Impl("ours", ours, triton=True)]
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def run_impl(impl: Impl, settings: Settings) -> dict:
+    """Measure one implementation of one case, or say why it was not run."""
+    if impl.triton and settings.triton_skip_reason():
+        return {"skipped": settings.triton_skip_reason()}
+    if impl.compiled and settings.compile_skip_reason():
+        return {"skipped": settings.compile_skip_reason()}
+    interpreted = impl.triton and settings.interpreted
+
+    def run() -> dict:
+        fn, grads, extra = impl.build()
+        record = measure(fn, settings, grads=grads, interpreted=interpreted)
+        record["peak_mem_bytes"] = None if interpreted else peak_memory(fn, settings, grads=grads)
+        record.update(extra)
+        return record
+
+    result = guarded(settings, run)
+    if impl.compiled:
+        reset_compiler()
+    return result
+
+
+def derive(case: dict) -> dict:
+    """Add rates and speed-ups over the baseline, from the recorded median times only."""
+    baseline = case["impls"].get(case["baseline"])
+    for impl in case["impls"].values():
+        if "median_ms" not in impl:
+            continue
+        seconds = impl["median_ms"] / 1e3
+        timed = not impl.get("interpreted") and seconds > 0
+        flops = impl.get("flops", case.get("flops"))
+        if flops is not None:
+            impl["tflops"] = flops / seconds / 1e12 if timed else None
+        if case.get("bytes") is not None:
+            impl["gbps"] = case["bytes"] / seconds / 1e9 if timed else None
+        impl["speedup"] = speedup(baseline, impl)
+    return case
+
+
+def _run_case(case: dict, impls: list[Impl], settings: Settings, label: str) -> dict:
+    case["impls"] = {}
+    for impl in impls:
+        record = run_impl(impl, settings)
+        if case["op"] == "attention-window" and "median_ms" in record:
+            # The dense comparison does the full causal work; the banded ones only the band.
+            shape = case["shape"]
+            window = None if impl.name == "ours-dense" else shape["window"]
+            record["flops"] = attention_flops(shape["B"], shape["H"], shape["T"], shape["D"], case["mode"], window)
+        case["impls"][impl.name] = record
+        settings.log(f"{label} {impl.name}: {_brief(record)}")
+    return derive(case)
+
+
+def _brief(record: dict) -> str:
+    if "median_ms" in record:
+        suffix = " (interpreter)" if record.get("interpreted") else ""
+        return f"{record['median_ms']:.4g} ms{suffix}"
+    return record.get("error") or record.get("skipped") or "?"
+
+
+def run_kernels(settings: Settings) -> dict:
+    """Every kernel case on ``settings.device``; returns the section's results."""
+    cases = []
+    dtype = settings.dtype_name
+    for mode in ("fwd", "fwd+bwd"):
+        for shape in attention_shapes(settings):
+            case = {"op": "attention", "mode": mode, "dtype": dtype, "shape": dict(shape, window=None),
+                    "baseline": BASELINE,
+                    "flops": attention_flops(shape["B"], shape["H"], shape["T"], shape["D"], mode)}
+            cases.append(_run_case(case, attention_impls(shape, settings, mode, banded=False), settings,
+                                   f"attention {mode} T={shape['T']}"))
+    for shape in window_shapes(settings):
+        case = {"op": "attention-window", "mode": "fwd+bwd", "dtype": dtype, "shape": dict(shape), "baseline": BASELINE}
+        cases.append(_run_case(case, attention_impls(shape, settings, "fwd+bwd", banded=True), settings,
+                               f"banded attention T={shape['T']} window={shape['window']}"))
+    elem = torch.empty((), dtype=settings.dtype).element_size()
+    for mode in ("fwd", "fwd+bwd"):
+        for shape in layernorm_shapes(settings):
+            case = {"op": "layernorm", "mode": mode, "dtype": dtype, "shape": dict(shape), "baseline": BASELINE,
+                    "bytes": layernorm_bytes(shape["rows"], shape["cols"], elem, mode)}
+            cases.append(_run_case(case, layernorm_impls(shape, settings, mode), settings,
+                                   f"layernorm {mode} {shape['rows']}x{shape['cols']}"))
+    for shape in cross_entropy_shapes(settings):
+        case = {"op": "cross-entropy", "mode": "fwd+bwd", "dtype": dtype, "shape": dict(shape), "baseline": BASELINE,
+                "flops": linear_ce_flops(shape["tokens"], shape["vocab"], shape["hidden"])}
+        cases.append(_run_case(case, cross_entropy_impls(shape, settings), settings,
+                               f"cross-entropy N={shape['tokens']} V={shape['vocab']}"))
+    return {
+        "conventions": {
+            "attention_flops": "4*B*H*D*pairs forward, pairs = T*T/2 causal (T*w - w*w/2 banded); "
+                               f"fwd+bwd = {ATTENTION_FWD_BWD_FACTOR:g} x fwd (recomputation not counted)",
+            "layernorm_bytes": "fwd: read x, residual, write out; bwd: read dout, x, residual, write one input grad; "
+                               "plus fp32 weight/bias and their grads",
+            "cross_entropy_flops": "6*N*V*C (logits, grad hidden, grad weight)",
+            "speedup": "baseline median_ms / impl median_ms (baseline: eager); null when interpreted or failed",
+        },
+        "cases": cases,
+    }
