@@ -7,6 +7,9 @@ SentencePiece BPE tokenizer is trained on it, and ``tokenize_corpus`` writes rea
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -122,6 +125,45 @@ def _reader_case(shard_dir: Path, sizes: dict, settings: Settings) -> dict:
     return case
 
 
+def write_corpus(path: Path, n_bytes: int, block_bytes: int = 32_000_000) -> int:
+    """Stream about ``n_bytes`` of generated documents to ``path`` (blocks of fresh text, never all in memory)."""
+    written, seed = 0, 1
+    with open(path, "w", encoding="utf-8") as handle:
+        while written < n_bytes:
+            block = "\n\n".join("\n".join(document) for document in generated_documents(min(block_bytes, n_bytes - written), seed))
+            handle.write(block + "\n\n")
+            written += len(block.encode("utf-8")) + 2
+            seed += 1
+    return written
+
+
+def _tokenize_memory_case(root: Path, settings: Settings) -> dict:
+    """Peak RSS of a whole `gpt1 tokenize` (training + encoding) on a generated corpus, in a child process."""
+    n_bytes = int((5 if settings.quick else settings.corpus_mb) * 1e6)
+    case = {"bench": "tokenize-memory", "baseline": "gpt1-tokenize", "impls": {}}
+
+    def run() -> dict:
+        corpus = root / "memory-corpus.txt"
+        size = write_corpus(corpus, n_bytes)
+        command = [sys.executable, "-m", "gpt1cli", "tokenize", str(corpus), "--out", str(root / "memory-shards"),
+                   "--vocab-size", "8000", "--quiet", "--overwrite"]
+        start = time.perf_counter()
+        child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(child.pid, 0)
+        seconds = time.perf_counter() - start
+        stderr = child.stderr.read().decode(errors="replace")
+        child.stderr.close()
+        corpus.unlink()
+        if os.waitstatus_to_exitcode(status) != 0:
+            return {"error": f"gpt1 tokenize failed: {stderr.strip().splitlines()[-1] if stderr.strip() else status}"}
+        return {"corpus_bytes": size, "seconds": seconds, "mb_per_s": size / 1e6 / seconds,
+                "peak_rss_mb": usage.ru_maxrss / 1024, "speedup": 1.0}  # ru_maxrss is in KiB on Linux
+
+    case["impls"]["gpt1-tokenize"] = guarded(settings, run)
+    settings.log(f"data tokenize peak RSS: {_brief(case['impls']['gpt1-tokenize'], 'peak_rss_mb', 'MB')}")
+    return case
+
+
 def _brief(record: dict, key: str, unit: str) -> str:
     if key in record:
         return f"{record[key]:,.1f} {unit}"
@@ -129,7 +171,7 @@ def _brief(record: dict, key: str, unit: str) -> str:
 
 
 def run_data(settings: Settings) -> dict:
-    """Tokenizer encode MB/s (1 thread, all cores) and shard-reader tokens/s."""
+    """Tokenizer encode MB/s (1 thread, all cores), shard-reader tokens/s, and `gpt1 tokenize` peak RSS."""
     sizes = _sizes(settings)
     cases: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="gpt1-bench-data-") as tmp:
@@ -154,4 +196,5 @@ def run_data(settings: Settings) -> dict:
                           "impls": {"mmap-windows": {"error": f"writing shards failed: {error_text(exc)}"}}})
         else:
             cases.append(_reader_case(shard_dir, sizes, settings))
+        cases.append(_tokenize_memory_case(root, settings))
     return {"cases": cases}

@@ -64,6 +64,7 @@ class Settings:
     triton_mode: str  # "compiled", "interpreter" or "unavailable"
     budget: Budget = field(default_factory=lambda: Budget(math.inf))
     log: Callable[[str], None] = lambda message: None
+    corpus_mb: float = 2000.0  # size of the generated corpus of the tokenize peak-memory case
 
     @property
     def cuda(self) -> bool:

@@ -178,6 +178,14 @@ def data_tables(section: dict) -> list[Table]:
                 setting = name if threads is None else f"{name} ({threads} thread{'' if threads == 1 else 's'})"
                 rate = DASH if _status(record) else f"{record['mb_per_s']:,.2f} MB/s"
                 bench = f"encode {case.get('text_bytes', 0) / 1e6:.2f} MB"
+            elif case["bench"] == "tokenize-memory":
+                ok = not _status(record)
+                setting = f"peak RSS {record['peak_rss_mb']:,.0f} MB" if ok else name
+                rate = f"{record['mb_per_s']:,.2f} MB/s" if ok else DASH
+                bench = f"gpt1 tokenize {record['corpus_bytes'] / 1e9:.2f} GB" if ok else "gpt1 tokenize"
+                table.rows.append([bench, setting, f"{record['seconds'] * 1e3:,.0f}" if ok else DASH, rate, DASH,
+                                   _note(record)])
+                continue
             else:
                 setting = f"{name}, {case.get('batch_size', '?')} x {case.get('window', '?')} tokens"
                 rate = DASH if _status(record) else f"{record['tokens_per_s']:,.0f} tokens/s"

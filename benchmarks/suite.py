@@ -71,6 +71,7 @@ def run_benchmarks(
     out: str | Path | None = None,
     quick: bool = False,
     max_minutes: float = 7.0,
+    corpus_mb: float = 2000.0,
     command: dict | None = None,
     log: Callable[[str], None] = lambda message: None,
     on_section: Callable[[str, dict], None] | None = None,
@@ -84,7 +85,10 @@ def run_benchmarks(
     path = resolve_out(out, dev)
     mode = triton_mode(dev)
     budget = Budget(max_minutes * 60.0)
-    settings = Settings(device=dev, dtype=torch_dtype, quick=quick, triton_mode=mode, budget=budget, log=log)
+    if not corpus_mb > 0:
+        raise Gpt1Error(f"--corpus-mb must be positive, got {corpus_mb}")
+    settings = Settings(device=dev, dtype=torch_dtype, quick=quick, triton_mode=mode, budget=budget, log=log,
+                        corpus_mb=corpus_mb)
     results = {
         "schema": SCHEMA,
         "version": SCHEMA_VERSION,
@@ -93,6 +97,7 @@ def run_benchmarks(
         "command": {
             "section": section, "sections": sections, "device": device, "dtype": dtype,
             "resolved_dtype": settings.dtype_name, "quick": quick, "max_minutes": max_minutes,
+            "corpus_mb": corpus_mb,
             "out": str(path), **(command or {}),
         },
         "sections": {},

@@ -33,6 +33,7 @@ def bench(
     plot: bool = typer.Option(False, "--plot", help="Also write PNG charts next to the JSON (needs matplotlib). Default: off."),
     quick: bool = typer.Option(False, "--quick", help="Tiny shapes and few repeats: a smoke test, not a measurement. Default: off."),
     max_minutes: float = typer.Option(7.0, help="Time budget in minutes: cases not started within it are recorded as skipped."),
+    corpus_mb: float = typer.Option(2000.0, help="data: megabytes of generated text for the tokenize peak-memory case (5 with --quick)."),
 ) -> None:
     """Benchmark the Triton kernels against PyTorch, training steps, the data pipeline and generation."""
     from gpt1_benchmarks.report import section_tables
@@ -52,7 +53,7 @@ def bench(
         console.print(f"[dim]{name}: {result.get('seconds', 0):.1f} s[/]")
 
     results, path = run_benchmarks(
-        section, device=device, dtype=dtype, out=out, quick=quick, max_minutes=max_minutes,
+        section, device=device, dtype=dtype, out=out, quick=quick, max_minutes=max_minutes, corpus_mb=corpus_mb,
         command={"plot": plot}, log=lambda message: err.print(f"[dim]{message}[/]"), on_section=show,
     )
     console.print(f"results: {path}")

@@ -15,7 +15,7 @@ from ..fileio import atomic_write_json
 def demo(
     out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Working directory (replaced on each run)."),
     preset: str = typer.Option("mini", help="Model preset to pre-train."),
-    steps: int = typer.Option(800, help="Pre-training steps."),
+    steps: int = typer.Option(700, help="Pre-training steps."),
     vocab_size: int = typer.Option(4000, help="Tokenizer vocabulary size."),
     corpus_mb: float = typer.Option(8.0, help="Most megabytes of standard-library text to use."),
     device: str = typer.Option("auto", help="auto (CUDA when available), cpu or cuda."),
@@ -30,7 +30,7 @@ def demo(
     table.add_column("what")
     table.add_column("value", justify="right")
     corpus, tok, pre, ev = results["corpus"], results["tokenize"], results["pretrain"], results["eval"]
-    acc = results["cloze_accuracy"]
+    acc, err = results["cloze_accuracy"], results["cloze_stderr"]
     rows = [
         ("corpus (pre-training)", f"{corpus['documents']:,} documents, {corpus['bytes'] / 1e6:.2f} MB"),
         ("corpus (held out for the task)", f"{corpus['heldout_documents']:,} documents, {corpus['heldout_bytes'] / 1e6:.2f} MB"),
@@ -42,10 +42,10 @@ def demo(
         ("val perplexity", f"{ev['untrained']['ppl']:,.1f} -> {ev['pretrained']['ppl']:,.1f}"),
         ("val bits per byte", f"{ev['untrained']['bpb']:.3f} -> {ev['pretrained']['bpb']:.3f}"),
         ("cloze task (held-out text)", f"{results['task']['train']} train / {results['task']['val']} val / {results['task']['test']} test, 2 choices"),
-        ("cloze accuracy: chance", f"{acc['chance']:.1%}"),
-        ("  zero-shot (LM likelihood)", f"{acc['zero_shot']:.1%}"),
-        ("  fine-tuned from random init", f"{acc['finetuned_random']:.1%}"),
-        ("  pre-trained + fine-tuned", f"{acc['finetuned_pretrained']:.1%}"),
+        ("cloze test accuracy: chance", f"{acc['chance']:.1%}"),
+        ("  zero-shot (LM likelihood)", f"{acc['zero_shot']:.1%} ± {err['zero_shot']:.1%}"),
+        ("  fine-tuned from random init", f"{acc['finetuned_random']:.1%} ± {err['finetuned_random']:.1%}"),
+        ("  pre-trained + fine-tuned", f"{acc['finetuned_pretrained']:.1%} ± {err['finetuned_pretrained']:.1%}"),
         ("greedy sample", f"{results['sample']['prompt']}{results['sample']['completion'][:60]}"),
         ("wall time", f"{results['seconds']} s  ({', '.join(f'{k} {v}s' for k, v in results['stages'].items())})"),
     ]
