@@ -31,7 +31,7 @@ def run_demo(
     out_dir: str | Path = "demo-out",
     *,
     preset: str = "mini",
-    steps: int = 700,
+    steps: int = 800,
     vocab_size: int = 4000,
     corpus_bytes: int = 8_000_000,
     finetune_epochs: int = 3,

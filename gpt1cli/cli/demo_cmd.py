@@ -15,7 +15,7 @@ from ..fileio import atomic_write_json
 def demo(
     out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Working directory (replaced on each run)."),
     preset: str = typer.Option("mini", help="Model preset to pre-train."),
-    steps: int = typer.Option(700, help="Pre-training steps."),
+    steps: int = typer.Option(800, help="Pre-training steps."),
     vocab_size: int = typer.Option(4000, help="Tokenizer vocabulary size."),
     corpus_mb: float = typer.Option(8.0, help="Most megabytes of standard-library text to use."),
     device: str = typer.Option("auto", help="auto (CUDA when available), cpu or cuda."),
