@@ -118,8 +118,12 @@ def test_train_generate_and_data_sections(quick_run):
         assert _close(fast["speedup"], slow["median_ms"] / fast["median_ms"])
         assert _close(fast["tokens_per_s"], case["new_tokens"] / (fast["median_ms"] / 1e3))
 
-    encode, reader = results["sections"]["data"]["cases"]
+    encode, reader, memory = results["sections"]["data"]["cases"]
     assert encode["bench"] == "tokenizer-encode" and reader["bench"] == "shard-reader"
+    tokenize = memory["impls"]["gpt1-tokenize"]
+    assert memory["bench"] == "tokenize-memory" and "error" not in tokenize, tokenize
+    assert tokenize["corpus_bytes"] >= 5e6 and 10 < tokenize["peak_rss_mb"] < 4000
+    assert _close(tokenize["mb_per_s"], tokenize["corpus_bytes"] / 1e6 / tokenize["seconds"])
     for record in encode["impls"].values():
         _check_samples(record)
         assert _close(record["mb_per_s"], encode["text_bytes"] / 1e6 / (record["median_ms"] / 1e3))

@@ -53,7 +53,7 @@ _err = Console(stderr=True, highlight=False)
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script and of ``python -m gpt1cli``."""
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=argv, prog_name="gpt1", standalone_mode=False)
     except Gpt1Error as exc:
         _err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         sys.exit(ExitCode.BAD_INPUT)
