@@ -11,20 +11,19 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..data.tokenizer import load_tokenizer
 from ..errors import Gpt1Error
 from ..model import ops
 from ..model.gpt import GPT
 from ..progress import progress_bar
 from ..runtime import autocast, seed_everything, step_seed
-from ..train.checkpoint import CHECKPOINTS, LATEST, load_checkpoint, save_checkpoint
+from ..train.checkpoint import save_checkpoint
 from ..train.distributed import World, all_reduce_mean, barrier, distributed_session, full_state, wrap_model
 from ..train.metrics import MetricsLog
 from ..train.optim import make_optimizer, warmup_linear
 from .data import TASKS, label_set, load_examples
 from .metrics import classification_report, regression_report
 from .model import TaskModel
-from .runner import batches, encode_examples, infer, label_indices, predictions, task_state
+from .runner import batches, encode_examples, infer, label_indices, predictions, start_finetune_run, task_state
 
 METRICS = ("accuracy", "macro_f1", "mcc", "pearson", "spearman")
 
@@ -89,12 +88,7 @@ def finetune(config: FinetuneConfig, *, show_progress: bool = True) -> dict:
 
 def _finetune(config: FinetuneConfig, world: World, device: torch.device, show_progress: bool) -> dict:
     out = Path(config.out)
-    if (out / CHECKPOINTS / LATEST).is_file():
-        raise Gpt1Error(f"{out} already holds a run: choose another --out")
-    source = load_checkpoint(config.from_run)
-    if source.task:
-        raise Gpt1Error(f"{source.path} is already fine-tuned ({source.task['name']}): start from a pre-trained run")
-    tokenizer = load_tokenizer(source.tokenizer_path)
+    source, tokenizer = start_finetune_run(config.from_run, out)
     train_examples = load_examples(config.train, config.task, regression=config.regression)
     val_examples = load_examples(config.val, config.task, regression=config.regression)
     labels = [] if config.task == "mcq" or config.regression else label_set(train_examples)

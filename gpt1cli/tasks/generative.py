@@ -30,10 +30,11 @@ from ..model.gpt import GPT
 from ..model.loading import model_from_checkpoint
 from ..progress import progress_bar
 from ..runtime import autocast, seed_everything, step_seed
-from ..train.checkpoint import CHECKPOINTS, LATEST, load_checkpoint, save_checkpoint
+from ..train.checkpoint import save_checkpoint
 from ..train.distributed import World, all_reduce_mean, barrier, distributed_session, wrap_model
 from ..train.metrics import MetricsLog
 from ..train.optim import make_optimizer, warmup_linear
+from .runner import start_finetune_run
 from .data import records
 from .gen_metrics import HIGHER_IS_BETTER, generation_metrics
 
@@ -212,12 +213,7 @@ def finetune_generate(config: GenerativeConfig, *, show_progress: bool = True) -
 
 def _finetune(config: GenerativeConfig, world: World, device: torch.device, show_progress: bool) -> dict:
     out = Path(config.out)
-    if (out / CHECKPOINTS / LATEST).is_file():
-        raise Gpt1Error(f"{out} already holds a run: choose another --out")
-    source = load_checkpoint(config.from_run)
-    if source.task:
-        raise Gpt1Error(f"{source.path} is already fine-tuned ({source.task['name']}): start from a pre-trained run")
-    tokenizer = load_tokenizer(source.tokenizer_path)
+    source, tokenizer = start_finetune_run(config.from_run, out)
     n_ctx = source.config.n_ctx
     if n_ctx < 4:
         raise Gpt1Error(f"the model's context ({n_ctx}) is too short for [start; prompt; delim; completion; eos]")

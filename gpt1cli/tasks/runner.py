@@ -9,10 +9,22 @@ import torch
 from ..errors import Gpt1Error
 from ..model.gpt import GPT
 from ..runtime import autocast
-from ..train.checkpoint import Checkpoint, load_checkpoint
+from ..data.tokenizer import load_tokenizer
+from ..train.checkpoint import CHECKPOINTS, LATEST, Checkpoint, load_checkpoint
 from .data import Example
 from .model import TaskModel, collate
 from .transforms import Specials, transform
+
+
+def start_finetune_run(from_run: str | Path, out: Path):
+    """The pre-trained checkpoint and tokenizer a fine-tuning run starts from, after checking that
+    ``out`` holds no run and the source is not fine-tuned already."""
+    if (out / CHECKPOINTS / LATEST).is_file():
+        raise Gpt1Error(f"{out} already holds a run: choose another --out")
+    source = load_checkpoint(from_run)
+    if source.task:
+        raise Gpt1Error(f"{source.path} is already fine-tuned ({source.task['name']}): start from a pre-trained run")
+    return source, load_tokenizer(source.tokenizer_path)
 
 
 def specials_of(tokenizer) -> Specials:
