@@ -16,7 +16,7 @@ ALL_COMMANDS = tuple(typer.main.get_command(app).commands)  # every registered c
 # A few defaults written out by hand, so a silently changed default shows up here.
 KNOWN_DEFAULTS = {
     "tokenize": {"--vocab-size": "8000", "--tokens-per-shard": "16777216", "--val-fraction": "0.005",
-                 "--errors": "strict", "--seed": "0", "--threads": "0", "--max-train-sentences": "2000000",
+                 "--errors": "strict", "--seed": "0", "--threads": "0", "--max-train-sentences": "1000000",
                  "--overwrite": "no-overwrite"},
     "pretrain": {"--preset": "tiny", "--arch": "gpt1", "--grad-accum": "1", "--weight-decay": "0.01",
                  "--grad-clip": "1.0", "--dropout": "0.1", "--seed": "0", "--eval-every": "100",

@@ -102,7 +102,7 @@ def tokenize_corpus(
     seed: int = 0,
     errors: str = "strict",
     num_threads: int = 0,
-    max_train_sentences: int = 2_000_000,
+    max_train_sentences: int = 1_000_000,
     overwrite: bool = False,
     show_progress: bool = True,
 ) -> dict:

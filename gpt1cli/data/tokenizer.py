@@ -107,7 +107,7 @@ def train_sentencepiece(
     out_path: str | Path,
     vocab_size: int = 8000,
     *,
-    max_sentences: int = 2_000_000,
+    max_sentences: int = 1_000_000,
     num_threads: int = 0,
 ) -> SentencePieceTokenizer:
     """Train a BPE model on ``sentences`` and write it atomically to ``out_path``.
