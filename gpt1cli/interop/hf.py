@@ -15,10 +15,8 @@ its label set) travel in ``config.json`` under ``"gpt1cli"`` and come back on im
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +34,7 @@ from .layout import (
     EMBEDDINGS, HF_BASE, HF_LM_HEAD, HF_MC_HEAD, OUR_HEAD, from_hf, hf_shapes, is_hf_buffer, to_hf,
 )
 from .problems import Problems
-from .runs import ImportSummary, check_against_model, check_empty_target, fit_embedding, write_run
+from .runs import ImportSummary, check_against_model, check_empty_target, fit_embedding, staged_directory, write_run
 
 CONFIG = "config.json"
 SAFETENSORS = "model.safetensors"
@@ -405,24 +403,12 @@ def export_hf(ckpt: str | Path, out: str | Path, *, drop_head: bool = False) -> 
     if task and mcq_task is None:
         notes.append(f"the {task.get('name')} head was dropped (--drop-head)")
 
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    except OSError as exc:
-        raise Gpt1Error(f"cannot write {out}: {exc.strerror or exc}") from None
-    try:
+    with staged_directory(out) as staging:
         save_file({k: v.detach().to(torch.float32).contiguous() for k, v in tensors.items()}, str(staging / SAFETENSORS),
                   metadata={"format": "pt"})
         atomic_write_json(staging / CONFIG, hf)
         for name, data in extra.items():
             atomic_write_bytes(staging / name, data)
         shutil.copyfile(checkpoint.tokenizer_path, staging / (OUR_TOKENIZER + tokenizer.file_suffix))
-        os.replace(staging, out)
-    except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise Gpt1Error(f"cannot write {out}: {exc.strerror or exc}") from None
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     files = sorted(p.name for p in out.iterdir())
     return ExportSummary(out, hf["architectures"][0], files, notes)

@@ -6,11 +6,13 @@ tokenizer attached) and renamed into place in one step, so a failure leaves no p
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -75,19 +77,16 @@ def check_against_model(state: dict[str, torch.Tensor], config: ModelConfig, pro
             problems.add(f"{name} converts to {tuple(state[name].shape)}, our model needs {shape}")
 
 
-def write_run(out: str | Path, *, config: ModelConfig, state: dict[str, torch.Tensor], tokenizer, meta: dict) -> Path:
-    """Write ``state`` + ``tokenizer`` as checkpoint step 0 of a new run ``out``; return the checkpoint folder."""
-    out = Path(out)
-    check_empty_target(out)
+@contextlib.contextmanager
+def staged_directory(out: Path) -> Iterator[Path]:
+    """A temporary folder beside ``out``, renamed to ``out`` only if the block succeeds (else removed)."""
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     except OSError as exc:
         raise Gpt1Error(f"cannot write {out}: {exc.strerror or exc}") from None
     try:
-        tokenizer_file = tokenizer.save(staging / ("source-tokenizer" + tokenizer.file_suffix))
-        folder = save_checkpoint(staging, 0, model_state=state, config=config, tokenizer_path=tokenizer_file, meta=meta, keep=1)
-        tokenizer_file.unlink()
+        yield staging
         os.replace(staging, out)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
@@ -95,4 +94,14 @@ def write_run(out: str | Path, *, config: ModelConfig, state: dict[str, torch.Te
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def write_run(out: str | Path, *, config: ModelConfig, state: dict[str, torch.Tensor], tokenizer, meta: dict) -> Path:
+    """Write ``state`` + ``tokenizer`` as checkpoint step 0 of a new run ``out``; return the checkpoint folder."""
+    out = Path(out)
+    check_empty_target(out)
+    with staged_directory(out) as staging:
+        tokenizer_file = tokenizer.save(staging / ("source-tokenizer" + tokenizer.file_suffix))
+        folder = save_checkpoint(staging, 0, model_state=state, config=config, tokenizer_path=tokenizer_file, meta=meta, keep=1)
+        tokenizer_file.unlink()
     return out / folder.relative_to(staging)

@@ -45,10 +45,7 @@ def generate_tokens(
     learned positions cannot slide.
     """
     n_ctx = model.config.n_ctx
-    if not prompt:
-        raise Gpt1Error("the prompt is empty: give some text to continue")
-    if len(prompt) >= n_ctx:
-        raise Gpt1Error(f"the prompt is {len(prompt)} tokens, the model's context is {n_ctx}: shorten the prompt")
+    check_prompt(model, prompt)
     if temperature < 0:
         raise Gpt1Error(f"--temperature must be >= 0, got {temperature}")
     model.eval()
