@@ -87,19 +87,80 @@ def file_hash(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def parse_json(text: str, what: str):
+    """Parse JSON text from an untrusted file; every failure is one :class:`Gpt1Error`.
+
+    Python's parser raises ``ValueError`` for integers over 4300 digits and ``RecursionError``
+    for deep nesting: both are reported like any other malformed input.
+    """
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise Gpt1Error(f"{what} is not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}") from None
+    except RecursionError:
+        raise Gpt1Error(f"{what} is nested too deeply to be read as JSON") from None
+    except ValueError as exc:  # e.g. an integer with thousands of digits
+        raise Gpt1Error(f"{what} holds a value JSON cannot be read into ({exc})") from None
+
+
 def read_json(path: str | os.PathLike, what: str) -> dict:
     """Load a JSON object, turning every failure into one clear :class:`Gpt1Error`."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise Gpt1Error(f"{what} not found: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise Gpt1Error(f"cannot read {what} {path}: {exc}") from None
     try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise Gpt1Error(f"{what} {path} is not valid JSON (line {exc.lineno}): it is corrupt or truncated") from None
+        obj = parse_json(text, f"{what} {path}")
+    except Gpt1Error as exc:
+        raise Gpt1Error(f"{exc}: it is corrupt, truncated or not ours") from None
     if not isinstance(obj, dict):
         raise Gpt1Error(f"{what} {path} is not a JSON object: it is corrupt or from another tool")
     return obj
+
+
+def plain_name(name, what: str, source: str | os.PathLike) -> str:
+    """``name`` if it is a plain file name (no directory part, not hidden); else one clear error.
+
+    Every file name read from a manifest, checkpoint, journal or foreign config goes through
+    here before it is joined to a directory, so no recorded name can reach outside it.
+    """
+    if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name
+            or "\0" in name or name.startswith(".")):
+        raise Gpt1Error(f"{source} names {what} {name!r}, which is not a plain file name in its folder: "
+                        "the file is corrupt or was edited to point elsewhere")
+    return name
+
+
+TRASH_PREFIX = ".trash-"
+
+
+def remove_tree(path: str | os.PathLike) -> None:
+    """Delete a directory so that a crash at any moment leaves either all of it or none of it visible.
+
+    The directory is first renamed (atomically) to a hidden trash name beside it, then removed;
+    a crash during the removal leaves only a hidden ``.trash-*`` folder that readers ignore and
+    :func:`clean_trash` removes later.
+    """
+    path = Path(path)
+    trash = path.with_name(f"{TRASH_PREFIX}{path.name}-{os.getpid()}")
+    try:
+        os.replace(path, trash)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def clean_trash(directory: str | os.PathLike) -> None:
+    """Remove what an interrupted :func:`remove_tree` left in ``directory``."""
+    for stale in Path(directory).glob(f"{TRASH_PREFIX}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def refuse_to_replace(path: str | os.PathLike, overwrite: bool, option: str = "--overwrite") -> None:
+    """The one overwrite policy: an existing output is replaced only when the user said so."""
+    path = Path(path)
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise Gpt1Error(f"{path} already exists; pass {option} to replace it or choose another path")

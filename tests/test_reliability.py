@@ -98,7 +98,9 @@ def test_sigkill_at_random_points_then_resume_reaches_the_same_loss(shards, unin
         kills += 1
         checkpoint = load_checkpoint(run)  # the latest checkpoint is always complete and loads
         assert all(check.ok for check in verify(run))
-        assert not list((run / "checkpoints").glob(".tmp-*")) or True  # stale temp dirs are cleaned on the next write
+        # No visible step folder is ever half-deleted: pruning renames to a hidden trash name first.
+        for folder in (run / "checkpoints").glob("step_*"):
+            assert (folder / "checkpoint.json").is_file(), f"{folder.name} is incomplete after SIGKILL"
         process = gpt1_process("pretrain", "--shards", str(shards), "--out", str(run), "--resume", "-q")
         assert checkpoint.step >= 1
     assert process.wait(timeout=300) == 0, process.stderr.read().decode()
@@ -106,6 +108,7 @@ def test_sigkill_at_random_points_then_resume_reaches_the_same_loss(shards, unin
     resumed = losses(run)
     assert resumed[24] == uninterrupted[24]
     assert not list((run / "checkpoints").glob(".tmp-*"))
+    assert not list((run / "checkpoints").glob(".trash-*"))
     # Every line of the metrics log parses, even after kills mid-write.
     for line in (run / "metrics.jsonl").read_text().splitlines():
         json.loads(line)

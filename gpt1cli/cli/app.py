@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..errors import ExitCode, Gpt1Error, TrainingStopped
+from ..errors import ExitCode, Gpt1Error, Interrupted, TrainingStopped
 from . import (
     bench_cmd,
     convert_cmd,
@@ -53,13 +53,16 @@ _err = Console(stderr=True, highlight=False)
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script and of ``python -m gpt1cli``."""
     try:
-        app(args=argv, prog_name="gpt1", standalone_mode=False)
+        code = app(args=argv, prog_name="gpt1", standalone_mode=False)
     except Gpt1Error as exc:
         _err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         sys.exit(ExitCode.BAD_INPUT)
     except TrainingStopped as exc:
         _err.print(escape(str(exc)), style="yellow", soft_wrap=True)
         sys.exit(ExitCode.STOPPED)
+    except Interrupted as exc:
+        _err.print(escape(str(exc)), style="yellow", soft_wrap=True)
+        sys.exit(ExitCode.INTERRUPTED)
     except KeyboardInterrupt:
         _err.print("interrupted", style="yellow")
         sys.exit(ExitCode.INTERRUPTED)
@@ -71,3 +74,9 @@ def main(argv: list[str] | None = None) -> None:
         if type(exc).__name__ == "Abort":
             sys.exit(ExitCode.INTERRUPTED)
         raise
+    # Without standalone mode Typer *returns* the exit code of a KeyboardInterrupt (130) or of
+    # typer.Exit: it must reach the shell, never be dropped as success.
+    if isinstance(code, int) and not isinstance(code, bool) and code != 0:
+        if code == ExitCode.INTERRUPTED:
+            _err.print("interrupted", style="yellow")
+        sys.exit(code)

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from ..config import ModelConfig
 from ..errors import Gpt1Error
-from ..fileio import atomic_write_json, atomic_write_text, file_hash, read_json
+from ..fileio import atomic_write_json, atomic_write_text, clean_trash, file_hash, read_json, remove_tree
 
 FORMAT = "gpt1-checkpoint"
 FORMAT_VERSION = 1
@@ -107,6 +107,7 @@ def save_checkpoint(
         root.mkdir(parents=True, exist_ok=True)
         for stale in root.glob(".tmp-*"):  # left by a writer that was killed
             shutil.rmtree(stale, ignore_errors=True)
+        clean_trash(root)
         tmp.mkdir()
         _save_tensors(model_state, tmp / WEIGHTS)
         tokenizer_name = TOKENIZER if Path(tokenizer_path).suffix == ".model" else "tokenizer" + Path(tokenizer_path).suffix
@@ -126,8 +127,8 @@ def save_checkpoint(
             atomic_write_json(tmp / TRAINER_META, {**(trainer_meta or {}), "tensors_blake2b": file_hash(tmp / TRAINER_TENSORS)})
         atomic_write_json(tmp / META, record)
         _fsync_dir(tmp)
-        if final.exists():
-            shutil.rmtree(final)
+        if final.exists():  # re-writing a step: the old folder vanishes whole, never half-deleted
+            remove_tree(final)
         os.replace(tmp, final)
         _fsync_dir(root)
         atomic_write_text(root / LATEST, name + "\n")
@@ -148,7 +149,7 @@ def _prune(root: Path, keep: int, protect: tuple[str, ...]) -> None:
     steps = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.startswith("step_"))
     for name in steps[:-keep] if keep > 0 else []:
         if name not in protect:
-            shutil.rmtree(root / name, ignore_errors=True)
+            remove_tree(root / name)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
