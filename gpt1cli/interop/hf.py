@@ -28,7 +28,7 @@ from ..config import ModelConfig
 from ..data.openai_bpe import SPECIAL_TOKENS, UNKNOWN_ID
 from ..data.tokenizer import load_tokenizer
 from ..errors import Gpt1Error
-from ..fileio import atomic_write_bytes, atomic_write_json, read_json
+from ..fileio import atomic_write_bytes, atomic_write_json, plain_name, read_json
 from ..train.checkpoint import load_checkpoint
 from .layout import (
     EMBEDDINGS, HF_BASE, HF_LM_HEAD, HF_MC_HEAD, OUR_HEAD, from_hf, hf_shapes, is_hf_buffer, to_hf,
@@ -106,7 +106,7 @@ def _index_files(index: Path) -> list[Path]:
     weight_map = read_json(index, "weights index").get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise Gpt1Error(f"{index} has no weight_map: it is corrupt")
-    return [index.parent / name for name in sorted(set(map(str, weight_map.values())))]
+    return [index.parent / plain_name(name, "weights file", index) for name in sorted(set(weight_map.values()), key=str)]
 
 
 def read_hf_weights(folder: Path, *, allow_pickle: bool = False) -> tuple[dict[str, torch.Tensor], str]:

@@ -10,7 +10,6 @@ them (``--n-head``, default d / 64: 12 for the release).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ import numpy as np
 from ..config import ModelConfig
 from ..data.openai_bpe import OpenAIBPETokenizer
 from ..errors import Gpt1Error
+from ..fileio import parse_json
 from .layout import LAYER_PARTS, from_release, numel, release_shapes
 from .problems import Problems
 from .runs import ImportSummary, check_against_model, check_empty_target, fit_embedding, write_run
@@ -35,9 +35,10 @@ def _read_shapes(folder: Path) -> list[tuple[int, ...]]:
     if not path.is_file():
         raise Gpt1Error(f"{folder} lacks {SHAPES_FILE}: it is not the original release's model folder")
     try:
-        shapes = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
         raise Gpt1Error(f"cannot read {path}: {exc}") from None
+    shapes = parse_json(text, str(path))
     if not isinstance(shapes, list) or not all(
         isinstance(s, list) and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in s) for s in shapes
     ):
