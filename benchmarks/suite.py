@@ -14,7 +14,7 @@ import torch
 
 from gpt1cli.errors import Gpt1Error
 from gpt1cli.fileio import atomic_write_json
-from gpt1cli.runtime import pick_device
+from gpt1cli.runtime import fast_matmul, pick_device
 
 from .env import default_results_path, environment
 from .harness import Budget, Settings, error_text, parse_dtype, triton_mode
@@ -81,43 +81,44 @@ def run_benchmarks(
     if not max_minutes > 0:
         raise Gpt1Error(f"--max-minutes must be positive, got {max_minutes}")
     dev = pick_device(device)
-    torch_dtype = parse_dtype(dtype, dev)
-    path = resolve_out(out, dev)
-    mode = triton_mode(dev)
-    budget = Budget(max_minutes * 60.0)
-    if not corpus_mb > 0:
-        raise Gpt1Error(f"--corpus-mb must be positive, got {corpus_mb}")
-    settings = Settings(device=dev, dtype=torch_dtype, quick=quick, triton_mode=mode, budget=budget, log=log,
-                        corpus_mb=corpus_mb)
-    results = {
-        "schema": SCHEMA,
-        "version": SCHEMA_VERSION,
-        "complete": False,
-        "env": environment(dev, mode),
-        "command": {
-            "section": section, "sections": sections, "device": device, "dtype": dtype,
-            "resolved_dtype": settings.dtype_name, "quick": quick, "max_minutes": max_minutes,
-            "corpus_mb": corpus_mb,
-            "out": str(path), **(command or {}),
-        },
-        "sections": {},
-    }
-    atomic_write_json(path, results)
-    for index, name in enumerate(sections):
-        remaining_shares = sum(SHARES[s] for s in sections[index:])
-        settings.budget = budget.share(SHARES[name] / remaining_shares)
-        started = time.perf_counter()
-        try:
-            section_result = _runner(name)(settings)
-        except (KeyboardInterrupt, Gpt1Error):
-            raise
-        except Exception as exc:  # one broken section must not cost the others
-            section_result = {"error": error_text(exc), "cases": []}
-        section_result["seconds"] = round(time.perf_counter() - started, 3)
-        results["sections"][name] = section_result
+    with fast_matmul(dev):  # TF32 as training uses it; the recorded env says so
+        torch_dtype = parse_dtype(dtype, dev)
+        path = resolve_out(out, dev)
+        mode = triton_mode(dev)
+        budget = Budget(max_minutes * 60.0)
+        if not corpus_mb > 0:
+            raise Gpt1Error(f"--corpus-mb must be positive, got {corpus_mb}")
+        settings = Settings(device=dev, dtype=torch_dtype, quick=quick, triton_mode=mode, budget=budget, log=log,
+                            corpus_mb=corpus_mb)
+        results = {
+            "schema": SCHEMA,
+            "version": SCHEMA_VERSION,
+            "complete": False,
+            "env": environment(dev, mode),
+            "command": {
+                "section": section, "sections": sections, "device": device, "dtype": dtype,
+                "resolved_dtype": settings.dtype_name, "quick": quick, "max_minutes": max_minutes,
+                "corpus_mb": corpus_mb,
+                "out": str(path), **(command or {}),
+            },
+            "sections": {},
+        }
         atomic_write_json(path, results)
-        if on_section is not None:
-            on_section(name, section_result)
-    results["complete"] = True
-    atomic_write_json(path, results)
-    return results, path
+        for index, name in enumerate(sections):
+            remaining_shares = sum(SHARES[s] for s in sections[index:])
+            settings.budget = budget.share(SHARES[name] / remaining_shares)
+            started = time.perf_counter()
+            try:
+                section_result = _runner(name)(settings)
+            except (KeyboardInterrupt, Gpt1Error):
+                raise
+            except Exception as exc:  # one broken section must not cost the others
+                section_result = {"error": error_text(exc), "cases": []}
+            section_result["seconds"] = round(time.perf_counter() - started, 3)
+            results["sections"][name] = section_result
+            atomic_write_json(path, results)
+            if on_section is not None:
+                on_section(name, section_result)
+        results["complete"] = True
+        atomic_write_json(path, results)
+        return results, path

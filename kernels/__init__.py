@@ -6,6 +6,6 @@ This package knows nothing of the CLI; :mod:`gpt1cli.model.ops` chooses between 
 Triton kernels and the references at run time.
 """
 
-from .availability import triton_available, triton_interpreting
+from .availability import kernel_device, triton_available, triton_interpreting
 
-__all__ = ["triton_available", "triton_interpreting"]
+__all__ = ["kernel_device", "triton_available", "triton_interpreting"]

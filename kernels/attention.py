@@ -7,13 +7,23 @@ sequence, ``key_lengths`` padding, ``window`` bands, zero rows) are those of
 The forward pass keeps only the output and the per-row log-sum-exp (fp32, in log2 units of
 the scaled scores, as the kernels use ``exp2``); the backward pass recomputes the
 probabilities tile by tile: one kernel per key block for dK/dV (each program owns its rows,
-so no atomics and a bit-identical result on every run) and one per query block for dQ.
-Tiles that the causal mask, the window band or the key padding hide completely are never
-visited; only tiles that straddle a boundary pay for element masks.
+so no atomics) and one per query block for dQ. Tiles that the causal mask, the window band
+or the key padding hide completely are never visited; tiles that straddle a boundary pay
+for element masks, and interior tiles load without masks. The grid is
+``(batch * heads, blocks)``; forward and dQ programs take query blocks last-first, so the
+causal rows with the most keys start first.
 
-Dropout regenerates its keep-mask from ``(seed, batch*head, query, key)`` with Philox
-(``tl.rand``) wherever it is needed, so nothing of size ``T x T`` is ever stored.
+Dropout regenerates its keep-mask wherever it is needed, so nothing of size ``T x T`` is
+ever stored: Philox4x32 keyed by the 31-bit seed (low half) and ``batch * head`` (high half)
+with counter ``(key // 4, query)``, whose four outputs serve four adjacent keys.
 :func:`attention_keep_mask` materialises the same mask for tests.
+
+Determinism: for a given launch configuration the results are bit-identical run to run.
+On a GPU the block sizes of large problems come from the autotuner, which chooses afresh in
+each process, so two processes may differ in the last bits. Under
+``torch.use_deterministic_algorithms(True)`` (or ``GPT1_ATTENTION_AUTOTUNE=0``) every problem
+uses the fixed configuration for its head dim and dtype, and results are bit-identical
+across processes on the same GPU and software.
 """
 
 import math
@@ -24,12 +34,21 @@ import torch
 import triton
 import triton.language as tl
 
-from .availability import triton_interpreting
+from .availability import kernel_device, triton_interpreting
+
+try:
+    from triton.runtime.errors import OutOfResources
+except ImportError:  # pragma: no cover - every supported Triton has it
+    class OutOfResources(Exception):
+        pass
 
 __all__ = ["flash_attention", "attention_keep_mask"]
 
 _LOG2E = 1.4426950408889634
 _MAX_HEAD_DIM = 256
+# CUDA grid limits: 2**31 - 1 programs on axis 0, 65535 on axes 1 and 2.
+_MAX_GRID_X = 2**31 - 1
+_MAX_GRID_YZ = 65535
 
 # Block sizes used under TRITON_INTERPRET=1, where autotuning would take minutes. They are
 # deliberately small and unequal so that short test sequences still cross several tiles.
@@ -48,21 +67,50 @@ INTERPRET_BLOCKS = {
 
 
 @triton.jit
-def _keep(seed, bh, rows, cols, Tk, dropout_p):
-    """Dropout keep-mask for query indices ``rows`` and key indices ``cols`` (broadcast)."""
-    # The (batch, head) index goes in the high half of Philox's 64-bit key and the in-head
-    # element index in the 32-bit counter, so streams never overlap across heads and the
-    # counter only has to cover Tq * Tk < 2**32 elements.
-    seed_bh = bh.to(tl.int64) * 4294967296 + seed
-    offs = rows.to(tl.uint32) * Tk + cols.to(tl.uint32)
-    return tl.rand(seed_bh, offs) >= dropout_p
+def _keep(seed, bh, rows, col_start, drop_thr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Dropout keep-mask of queries ``rows`` (``BLOCK_M``) against keys ``col_start ..
+    col_start + BLOCK_N`` (``col_start`` a multiple of 4), as a ``[BLOCK_M, BLOCK_N]`` tile."""
+    # Key: the seed (31 bits, so it never carries) in the low half, batch*head in the high
+    # half, so heads never share a stream. Counter (key // 4, query): no product that could
+    # overflow, and one Philox call yields the four adjacent keys' draws.
+    key = bh.to(tl.int64) * 4294967296 + seed
+    groups = col_start // 4 + tl.arange(0, BLOCK_N // 4)
+    c0 = (groups[None, :] + rows[:, None] * 0).to(tl.uint32)
+    c1 = (rows[:, None] + groups[None, :] * 0).to(tl.uint32)
+    zero = c0 * 0
+    r0, r1, r2, r3 = tl.philox(key, c0, c1, zero, zero)
+    # Interleave so that key 4g + j takes output j of group g.
+    bits = tl.reshape(tl.join(tl.join(r0, r2), tl.join(r1, r3)), [BLOCK_M, BLOCK_N])
+    return (bits >> 1).to(tl.int32, bitcast=True) >= drop_thr
+
+
+@triton.jit
+def _load_rows(ptrs, row_ok, d_ok, MASK: tl.constexpr, EVEN_D: tl.constexpr):
+    """A ``[rows, BLOCK_D]`` tile; interior tiles (``MASK`` false) have every row in range."""
+    if MASK:
+        x = tl.load(ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    else:
+        if EVEN_D:
+            x = tl.load(ptrs)
+        else:
+            x = tl.load(ptrs, mask=d_ok[None, :], other=0.0)
+    return x
+
+
+@triton.jit
+def _load_vec(ptrs, ok, other, MASK: tl.constexpr):
+    if MASK:
+        x = tl.load(ptrs, mask=ok, other=other)
+    else:
+        x = tl.load(ptrs)
+    return x
 
 
 @triton.jit
 def _query_block_key_range(first, last, kv_len, window, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
                            HAS_WINDOW: tl.constexpr):
     """Key tiles for query positions ``first..last``: ``[lo, mid_lo)`` and ``[mid_hi, hi)`` need
-    element masks, every key in ``[mid_lo, mid_hi)`` is visible to every query."""
+    element masks; ``[mid_lo, mid_hi)`` is whole tiles below ``kv_len`` that every query sees."""
     zero = kv_len * 0
     hi = kv_len
     full_hi = kv_len
@@ -107,43 +155,45 @@ def _load_key_length(KEYLEN, b, Tk, HAS_KEYLEN: tl.constexpr):
 
 @triton.jit
 def _fwd_tiles(acc, l_i, m_i, q, K_head, V_head, stride_kt, stride_vt, start, stop,
-               offs_m, offs_d, d_ok, q_pos, kv_len, Tk, window, seed, bh, dropout_p, qk_scale,
-               BLOCK_N: tl.constexpr, MASK: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
-               DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr):
+               offs_m, offs_d, d_ok, q_pos, kv_len, window, seed, bh, drop_thr, qk_scale,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASK: tl.constexpr, EVEN_D: tl.constexpr,
+               CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr):
     for start_n in range(start, stop, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        ld_mask = (offs_n < kv_len)[:, None] & d_ok[None, :]
-        k = tl.load(K_head + offs_n[:, None] * stride_kt + offs_d[None, :], mask=ld_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
+        key_ok = offs_n < kv_len
+        k = _load_rows(K_head + offs_n[:, None] * stride_kt + offs_d[None, :], key_ok, d_ok, MASK, EVEN_D)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
         if MASK:
             ok = _visible(q_pos[:, None], offs_n[None, :], kv_len, window, CAUSAL, HAS_WINDOW)
-            s = tl.where(ok, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
+            qk = tl.where(ok, qk, float("-inf"))
+        # qk_scale > 0, so the scaled row max is the max of the scaled row.
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
         # A row that has seen no key yet keeps m = -inf; shift by 0 there so exp2 gives 0, not NaN.
         m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(s - m_ref[:, None])
+        p = tl.math.exp2(qk * qk_scale - m_ref[:, None])  # scale and shift in one FMA
         alpha = tl.math.exp2(m_i - m_ref)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
         if DROPOUT:
             # The normaliser l uses the undropped probabilities; only the value sum is thinned.
-            p = tl.where(_keep(seed, bh, offs_m[:, None], offs_n[None, :], Tk, dropout_p), p, 0.0)
-        v = tl.load(V_head + offs_n[:, None] * stride_vt + offs_d[None, :], mask=ld_mask, other=0.0)
+            p = tl.where(_keep(seed, bh, offs_m, start_n, drop_thr, BLOCK_M, BLOCK_N), p, 0.0)
+        v = _load_rows(V_head + offs_n[:, None] * stride_vt + offs_d[None, :], key_ok, d_ok, MASK, EVEN_D)
         acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
         m_i = m_new
     return acc, l_i, m_i
 
 
-@triton.jit(do_not_specialize=["Tq", "Tk", "window", "seed"])
+@triton.jit(do_not_specialize=["Tq", "Tk", "window", "seed", "drop_thr"])
 def _attn_fwd(Q, K, V, O, LSE, KEYLEN,
               sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, sv_b, sv_h, sv_t, so_b, so_h, so_t,
-              H, Tq, Tk, window, seed, qk_scale, dropout_p,
+              H, Tq, Tk, window, seed, qk_scale, dropout_p, drop_thr,
               TQ_BUCKET, TK_BUCKET,
-              HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
-              HAS_KEYLEN: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
+              HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, CAUSAL: tl.constexpr,
+              HAS_WINDOW: tl.constexpr, HAS_KEYLEN: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+    bh = tl.program_id(0)
+    # Last query block first: under a causal mask it has the most keys to visit.
+    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
     b = bh // H
     h = bh % H
     b64 = b.to(tl.int64)
@@ -170,14 +220,14 @@ def _attn_fwd(Q, K, V, O, LSE, KEYLEN,
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K_head, V_head, sk_t, sv_t, lo, mid_lo, offs_m, offs_d, d_ok,
-                               q_pos, kv_len, Tk, window, seed, bh, dropout_p, qk_scale,
-                               BLOCK_N, True, CAUSAL, HAS_WINDOW, DROPOUT, DOT_PREC)
+                               q_pos, kv_len, window, seed, bh, drop_thr, qk_scale,
+                               BLOCK_M, BLOCK_N, True, EVEN_D, CAUSAL, HAS_WINDOW, DROPOUT, DOT_PREC)
     acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K_head, V_head, sk_t, sv_t, mid_lo, mid_hi, offs_m, offs_d, d_ok,
-                               q_pos, kv_len, Tk, window, seed, bh, dropout_p, qk_scale,
-                               BLOCK_N, False, CAUSAL, HAS_WINDOW, DROPOUT, DOT_PREC)
+                               q_pos, kv_len, window, seed, bh, drop_thr, qk_scale,
+                               BLOCK_M, BLOCK_N, False, EVEN_D, CAUSAL, HAS_WINDOW, DROPOUT, DOT_PREC)
     acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K_head, V_head, sk_t, sv_t, mid_hi, hi, offs_m, offs_d, d_ok,
-                               q_pos, kv_len, Tk, window, seed, bh, dropout_p, qk_scale,
-                               BLOCK_N, True, CAUSAL, HAS_WINDOW, DROPOUT, DOT_PREC)
+                               q_pos, kv_len, window, seed, bh, drop_thr, qk_scale,
+                               BLOCK_M, BLOCK_N, True, EVEN_D, CAUSAL, HAS_WINDOW, DROPOUT, DOT_PREC)
 
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)
@@ -201,8 +251,8 @@ def _attn_fwd(Q, K, V, O, LSE, KEYLEN,
 def _attn_bwd_delta(O, DO, DELTA, so_b, so_h, so_t, sdo_b, sdo_h, sdo_t, H, Tq,
                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
     """delta = rowsum(dO * O), the softmax-Jacobian correction of every query row."""
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+    bh = tl.program_id(0)
+    pid_m = tl.program_id(1)
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -216,26 +266,26 @@ def _attn_bwd_delta(O, DO, DELTA, so_b, so_h, so_t, sdo_b, sdo_h, sdo_t, H, Tq,
 
 @triton.jit
 def _dkdv_tiles(dk, dv, k, v, Q_head, DO_head, LSE_row, DELTA_row, sq_t, sdo_t, start, stop,
-                offs_n, offs_d, d_ok, shift, kv_len, Tq, Tk, window, seed, bh, dropout_p, qk_scale,
-                BLOCK_M: tl.constexpr, MASK: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
-                DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr):
+                offs_n, n_first, offs_d, d_ok, shift, kv_len, Tq, window, seed, bh, dropout_p, drop_thr, qk_scale,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASK: tl.constexpr, EVEN_D: tl.constexpr,
+                CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr):
     # Works on transposed tiles (keys x queries) so that dK and dV come out of plain dots.
     for start_m in range(start, stop, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         row_ok = offs_m < Tq
-        ld_mask = row_ok[:, None] & d_ok[None, :]
-        q = tl.load(Q_head + offs_m[:, None] * sq_t + offs_d[None, :], mask=ld_mask, other=0.0)
-        lse2 = tl.load(LSE_row + offs_m, mask=row_ok, other=float("inf"))
-        s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * qk_scale
+        q = _load_rows(Q_head + offs_m[:, None] * sq_t + offs_d[None, :], row_ok, d_ok, MASK, EVEN_D)
+        lse2 = _load_vec(LSE_row + offs_m, row_ok, float("inf"), MASK)
+        qk_t = tl.dot(k, tl.trans(q), input_precision=DOT_PREC)
         if MASK:
             ok = _visible(offs_m[None, :] + shift, offs_n[:, None], kv_len, window, CAUSAL, HAS_WINDOW)
-            s_t = tl.where(ok, s_t, float("-inf"))
-        p_t = tl.math.exp2(s_t - lse2[None, :])
-        do = tl.load(DO_head + offs_m[:, None] * sdo_t + offs_d[None, :], mask=ld_mask, other=0.0)
-        delta = tl.load(DELTA_row + offs_m, mask=row_ok, other=0.0)
+            qk_t = tl.where(ok, qk_t, float("-inf"))
+        p_t = tl.math.exp2(qk_t * qk_scale - lse2[None, :])
+        do = _load_rows(DO_head + offs_m[:, None] * sdo_t + offs_d[None, :], row_ok, d_ok, MASK, EVEN_D)
+        delta = _load_vec(DELTA_row + offs_m, row_ok, 0.0, MASK)
         dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
         if DROPOUT:
-            keep = _keep(seed, bh, offs_m[None, :], offs_n[:, None], Tk, dropout_p)
+            # Drawn in the forward's (query, key) orientation; transposed as bytes.
+            keep = tl.trans(_keep(seed, bh, offs_m, n_first, drop_thr, BLOCK_M, BLOCK_N).to(tl.int8)) != 0
             pd_t = tl.where(keep, p_t, 0.0)
             dp_t = tl.where(keep, dp_t * (1.0 / (1.0 - dropout_p)), 0.0)
         else:
@@ -246,17 +296,18 @@ def _dkdv_tiles(dk, dv, k, v, Q_head, DO_head, LSE_row, DELTA_row, sq_t, sdo_t, 
     return dk, dv
 
 
-@triton.jit(do_not_specialize=["Tq", "Tk", "window", "seed"])
+@triton.jit(do_not_specialize=["Tq", "Tk", "window", "seed", "drop_thr"])
 def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, KEYLEN,
                    sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, sv_b, sv_h, sv_t, sdo_b, sdo_h, sdo_t,
                    sdk_b, sdk_h, sdk_t, sdv_b, sdv_h, sdv_t,
-                   H, Tq, Tk, window, seed, sm_scale, qk_scale, dropout_p,
+                   H, Tq, Tk, window, seed, sm_scale, qk_scale, dropout_p, drop_thr,
                    TQ_BUCKET, TK_BUCKET,
-                   HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
-                   HAS_KEYLEN: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid_n = tl.program_id(0)
-    bh = tl.program_id(1)
+                   HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, CAUSAL: tl.constexpr,
+                   HAS_WINDOW: tl.constexpr, HAS_KEYLEN: tl.constexpr, DROPOUT: tl.constexpr,
+                   DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    bh = tl.program_id(0)
+    # Natural order is already heaviest first: early key blocks are seen by the most queries.
+    pid_n = tl.program_id(1)
     b = bh // H
     h = bh % H
     b64 = b.to(tl.int64)
@@ -266,7 +317,8 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, KEYLEN,
     LSE_row = LSE + bh.to(tl.int64) * Tq
     DELTA_row = DELTA + bh.to(tl.int64) * Tq
 
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_first = pid_n * BLOCK_N
+    offs_n = n_first + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
     shift = Tk - Tq
@@ -277,7 +329,6 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, KEYLEN,
     v = tl.load(V + b64 * sv_b + h64 * sv_h + offs_n[:, None] * sv_t + offs_d[None, :], mask=ld_mask, other=0.0)
     kv_mask = (offs_n < Tk)[:, None] & d_ok[None, :]
     zero = kv_len * 0
-    n_first = pid_n * BLOCK_N
     n_last = tl.minimum(n_first + BLOCK_N, kv_len) - 1  # last unpadded key of this block
     # Query rows that can see at least one key of the block.
     lo = zero
@@ -287,28 +338,28 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, KEYLEN,
     if HAS_WINDOW:
         hi = tl.minimum(hi, tl.maximum(n_last + window - shift, zero))
     hi = tl.where(n_last < n_first, zero, hi)
-    # Query tiles that see every key of the block.
+    # Whole query tiles (below Tq) that see every key of the block.
     full_lo = lo
     if CAUSAL:
         full_lo = (tl.maximum(n_first + BLOCK_N - 1 - shift, zero) + BLOCK_M - 1) // BLOCK_M * BLOCK_M
     full_lo = tl.where(n_first + BLOCK_N > kv_len, hi, full_lo)
-    full_hi = hi
+    full_hi = Tq // BLOCK_M * BLOCK_M + zero
     if HAS_WINDOW:
-        full_hi = tl.maximum(n_first + window - shift, zero) // BLOCK_M * BLOCK_M
+        full_hi = tl.minimum(full_hi, tl.maximum(n_first + window - shift, zero) // BLOCK_M * BLOCK_M)
     mid_lo = tl.minimum(tl.maximum(full_lo, lo), hi)
     mid_hi = tl.minimum(tl.maximum(full_hi, mid_lo), hi)
 
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dk, dv = _dkdv_tiles(dk, dv, k, v, Q_head, DO_head, LSE_row, DELTA_row, sq_t, sdo_t, lo, mid_lo,
-                         offs_n, offs_d, d_ok, shift, kv_len, Tq, Tk, window, seed, bh, dropout_p, qk_scale,
-                         BLOCK_M, True, CAUSAL, HAS_WINDOW, DROPOUT, DOT_PREC)
+                         offs_n, n_first, offs_d, d_ok, shift, kv_len, Tq, window, seed, bh, dropout_p, drop_thr,
+                         qk_scale, BLOCK_M, BLOCK_N, True, EVEN_D, CAUSAL, HAS_WINDOW, DROPOUT, DOT_PREC)
     dk, dv = _dkdv_tiles(dk, dv, k, v, Q_head, DO_head, LSE_row, DELTA_row, sq_t, sdo_t, mid_lo, mid_hi,
-                         offs_n, offs_d, d_ok, shift, kv_len, Tq, Tk, window, seed, bh, dropout_p, qk_scale,
-                         BLOCK_M, False, CAUSAL, HAS_WINDOW, DROPOUT, DOT_PREC)
+                         offs_n, n_first, offs_d, d_ok, shift, kv_len, Tq, window, seed, bh, dropout_p, drop_thr,
+                         qk_scale, BLOCK_M, BLOCK_N, False, EVEN_D, CAUSAL, HAS_WINDOW, DROPOUT, DOT_PREC)
     dk, dv = _dkdv_tiles(dk, dv, k, v, Q_head, DO_head, LSE_row, DELTA_row, sq_t, sdo_t, mid_hi, hi,
-                         offs_n, offs_d, d_ok, shift, kv_len, Tq, Tk, window, seed, bh, dropout_p, qk_scale,
-                         BLOCK_M, True, CAUSAL, HAS_WINDOW, DROPOUT, DOT_PREC)
+                         offs_n, n_first, offs_d, d_ok, shift, kv_len, Tq, window, seed, bh, dropout_p, drop_thr,
+                         qk_scale, BLOCK_M, BLOCK_N, True, EVEN_D, CAUSAL, HAS_WINDOW, DROPOUT, DOT_PREC)
     dk = dk * sm_scale
     if DROPOUT:
         dv = dv * (1.0 / (1.0 - dropout_p))
@@ -320,39 +371,39 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, KEYLEN,
 
 @triton.jit
 def _dq_tiles(dq, q, do, lse2, delta, K_head, V_head, stride_kt, stride_vt, start, stop,
-              offs_m, offs_d, d_ok, q_pos, kv_len, Tk, window, seed, bh, dropout_p, qk_scale,
-              BLOCK_N: tl.constexpr, MASK: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
-              DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr):
+              offs_m, offs_d, d_ok, q_pos, kv_len, window, seed, bh, dropout_p, drop_thr, qk_scale,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASK: tl.constexpr, EVEN_D: tl.constexpr,
+              CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr):
     for start_n in range(start, stop, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        ld_mask = (offs_n < kv_len)[:, None] & d_ok[None, :]
-        k = tl.load(K_head + offs_n[:, None] * stride_kt + offs_d[None, :], mask=ld_mask, other=0.0)
-        v = tl.load(V_head + offs_n[:, None] * stride_vt + offs_d[None, :], mask=ld_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
+        key_ok = offs_n < kv_len
+        k = _load_rows(K_head + offs_n[:, None] * stride_kt + offs_d[None, :], key_ok, d_ok, MASK, EVEN_D)
+        v = _load_rows(V_head + offs_n[:, None] * stride_vt + offs_d[None, :], key_ok, d_ok, MASK, EVEN_D)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
         if MASK:
             ok = _visible(q_pos[:, None], offs_n[None, :], kv_len, window, CAUSAL, HAS_WINDOW)
-            s = tl.where(ok, s, float("-inf"))
-        p = tl.math.exp2(s - lse2[:, None])
+            qk = tl.where(ok, qk, float("-inf"))
+        p = tl.math.exp2(qk * qk_scale - lse2[:, None])
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
         if DROPOUT:
-            keep = _keep(seed, bh, offs_m[:, None], offs_n[None, :], Tk, dropout_p)
+            keep = _keep(seed, bh, offs_m, start_n, drop_thr, BLOCK_M, BLOCK_N)
             dp = tl.where(keep, dp * (1.0 / (1.0 - dropout_p)), 0.0)
         ds = p * (dp - delta[:, None])
         dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PREC)
     return dq
 
 
-@triton.jit(do_not_specialize=["Tq", "Tk", "window", "seed"])
+@triton.jit(do_not_specialize=["Tq", "Tk", "window", "seed", "drop_thr"])
 def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, KEYLEN,
                  sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, sv_b, sv_h, sv_t, sdo_b, sdo_h, sdo_t,
                  sdq_b, sdq_h, sdq_t,
-                 H, Tq, Tk, window, seed, sm_scale, qk_scale, dropout_p,
+                 H, Tq, Tk, window, seed, sm_scale, qk_scale, dropout_p, drop_thr,
                  TQ_BUCKET, TK_BUCKET,
-                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
-                 HAS_KEYLEN: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, CAUSAL: tl.constexpr,
+                 HAS_WINDOW: tl.constexpr, HAS_KEYLEN: tl.constexpr, DROPOUT: tl.constexpr,
+                 DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    bh = tl.program_id(0)
+    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)  # heaviest causal query blocks first
     b = bh // H
     h = bh % H
     b64 = b.to(tl.int64)
@@ -380,58 +431,75 @@ def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, KEYLEN,
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     dq = _dq_tiles(dq, q, do, lse2, delta, K_head, V_head, sk_t, sv_t, lo, mid_lo, offs_m, offs_d, d_ok, q_pos,
-                   kv_len, Tk, window, seed, bh, dropout_p, qk_scale,
-                   BLOCK_N, True, CAUSAL, HAS_WINDOW, DROPOUT, DOT_PREC)
+                   kv_len, window, seed, bh, dropout_p, drop_thr, qk_scale,
+                   BLOCK_M, BLOCK_N, True, EVEN_D, CAUSAL, HAS_WINDOW, DROPOUT, DOT_PREC)
     dq = _dq_tiles(dq, q, do, lse2, delta, K_head, V_head, sk_t, sv_t, mid_lo, mid_hi, offs_m, offs_d, d_ok, q_pos,
-                   kv_len, Tk, window, seed, bh, dropout_p, qk_scale,
-                   BLOCK_N, False, CAUSAL, HAS_WINDOW, DROPOUT, DOT_PREC)
+                   kv_len, window, seed, bh, dropout_p, drop_thr, qk_scale,
+                   BLOCK_M, BLOCK_N, False, EVEN_D, CAUSAL, HAS_WINDOW, DROPOUT, DOT_PREC)
     dq = _dq_tiles(dq, q, do, lse2, delta, K_head, V_head, sk_t, sv_t, mid_hi, hi, offs_m, offs_d, d_ok, q_pos,
-                   kv_len, Tk, window, seed, bh, dropout_p, qk_scale,
-                   BLOCK_N, True, CAUSAL, HAS_WINDOW, DROPOUT, DOT_PREC)
+                   kv_len, window, seed, bh, dropout_p, drop_thr, qk_scale,
+                   BLOCK_M, BLOCK_N, True, EVEN_D, CAUSAL, HAS_WINDOW, DROPOUT, DOT_PREC)
     dq = dq * sm_scale
     tl.store(DQ + b64 * sdq_b + h64 * sdq_h + offs_m[:, None] * sdq_t + offs_d[None, :], dq.to(DQ.dtype.element_ty),
              mask=ld_mask)
 
 
-@triton.jit(do_not_specialize=["Tq", "Tk", "seed"])
-def _keep_mask_kernel(OUT, H, Tq, Tk, seed, dropout_p, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    bh = tl.program_id(2)
+@triton.jit(do_not_specialize=["Tq", "Tk", "seed", "drop_thr"])
+def _keep_mask_kernel(OUT, Tq, Tk, seed, drop_thr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    bh = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    pid_n = tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    keep = _keep(seed, bh, offs_m[:, None], offs_n[None, :], Tk, dropout_p)
+    keep = _keep(seed, bh, offs_m, pid_n * BLOCK_N, drop_thr, BLOCK_M, BLOCK_N)
     ptrs = OUT + bh.to(tl.int64) * Tq * Tk + offs_m[:, None].to(tl.int64) * Tk + offs_n[None, :]
     tl.store(ptrs, keep.to(tl.int8), mask=(offs_m < Tq)[:, None] & (offs_n < Tk)[None, :])
 
 
 # --------------------------------------------------------------------------------------------
-# Autotuning (real GPUs only)
+# Launch configurations
 # --------------------------------------------------------------------------------------------
 
 # H100 allows 227 KiB of shared memory per block. The estimate below is deliberately coarse
 # (it charges every streamed tile for every stage and a score tile besides); a config that
-# still does not fit is skipped by the autotuner, which times OutOfResources as infinite.
+# still does not fit is skipped by the autotuner, which times OutOfResources as infinite, and
+# by the fixed-config launcher, which falls back to the next candidate.
 _SMEM_BUDGET = 216 * 1024
 
+# Per kernel: (key of the resident block, key of the streamed block, resident tiles, streamed
+# tiles). Forward and dQ programs hold a query block (q; for dQ also dO) and stream key blocks
+# (k, v); dK/dV programs hold a key block (k, v) and stream query blocks (q, dO).
+_SMEM_SHAPES = {
+    "fwd": ("BLOCK_M", "BLOCK_N", 1, 2),
+    "dq": ("BLOCK_M", "BLOCK_N", 2, 2),
+    "dkdv": ("BLOCK_N", "BLOCK_M", 2, 2),
+}
 
-def _smem_estimate(cfg, rows_key, streamed_key, resident, streamed, head_dim, elem_bytes):
+
+def smem_estimate(which: str, cfg, head_dim: int, elem_bytes: int) -> int:
+    """Estimated shared memory (bytes) of ``cfg`` for kernel ``which`` at ``head_dim``."""
+    rows_key, streamed_key, resident, streamed = _SMEM_SHAPES[which]
     rows, cols = cfg.kwargs[rows_key], cfg.kwargs[streamed_key]
+    d = max(16, triton.next_power_of_2(int(head_dim)))
     stages = max(cfg.num_stages, 1)
-    return elem_bytes * (resident * rows * head_dim + stages * streamed * cols * head_dim + rows * cols)
+    return elem_bytes * (resident * rows * d + stages * streamed * cols * d + rows * cols)
 
 
-def _pruner(rows_key: str, streamed_key: str, resident: int, streamed: int):
-    """Drop configs whose tiles cannot fit in shared memory for this head dim and dtype."""
+def prune_configs(which: str, configs, head_dim: int, elem_bytes: int) -> list:
+    """The configs whose estimate fits the budget, in their order; the smallest if none does.
 
+    The autotuner and the fixed-config path both choose through this."""
+    sized = [(smem_estimate(which, c, head_dim, elem_bytes), c) for c in configs]
+    kept = [c for est, c in sized if est <= _SMEM_BUDGET]
+    return kept or [min(sized, key=lambda item: item[0])[1]]
+
+
+def _autotune_pruner(which: str):
     def prune(configs, named_args, **kwargs):
         args = {**(named_args or {}), **kwargs}
-        head_dim = max(16, triton.next_power_of_2(int(args.get("HEAD_DIM", 64))))
         q = args.get("Q")
         elem = q.element_size() if hasattr(q, "element_size") else 4
-        sized = [(_smem_estimate(c, rows_key, streamed_key, resident, streamed, head_dim, elem), c) for c in configs]
-        kept = [c for est, c in sized if est <= _SMEM_BUDGET]
-        return kept or [min(sized, key=lambda item: item[0])[1]]
+        return prune_configs(which, configs, int(args.get("HEAD_DIM", 64)), elem)
 
     return prune
 
@@ -446,21 +514,13 @@ def _configs(entries: Sequence[Tuple[int, int, int, int]]):
 
 _TUNE_KEY = ["HEAD_DIM", "TQ_BUCKET", "TK_BUCKET", "CAUSAL", "HAS_WINDOW", "DROPOUT", "DOT_PREC"]
 
-# Forward and dQ programs hold a query block (q; for dQ also dO) and stream key blocks (k, v);
-# dK/dV programs hold a key block (k, v) and stream query blocks (q, dO).
-_PRUNE = {
-    "fwd": _pruner("BLOCK_M", "BLOCK_N", resident=1, streamed=2),
-    "dq": _pruner("BLOCK_M", "BLOCK_N", resident=2, streamed=2),
-    "dkdv": _pruner("BLOCK_N", "BLOCK_M", resident=2, streamed=2),
-}
-
 _fwd_tuned = triton.autotune(
     configs=_configs([
         (128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 4, 4), (128, 64, 4, 3), (128, 64, 8, 3),
         (128, 32, 4, 3), (64, 64, 4, 3), (64, 64, 4, 2), (64, 32, 4, 4), (64, 32, 4, 2),
     ]),
     key=_TUNE_KEY,
-    prune_configs_by={"early_config_prune": _PRUNE["fwd"]},
+    prune_configs_by={"early_config_prune": _autotune_pruner("fwd")},
 )(_attn_fwd)
 
 _dq_tuned = triton.autotune(
@@ -469,7 +529,7 @@ _dq_tuned = triton.autotune(
         (64, 64, 4, 3), (64, 64, 4, 2), (64, 32, 4, 3), (64, 32, 4, 2),
     ]),
     key=_TUNE_KEY,
-    prune_configs_by={"early_config_prune": _PRUNE["dq"]},
+    prune_configs_by={"early_config_prune": _autotune_pruner("dq")},
 )(_attn_bwd_dq)
 
 _dkdv_tuned = triton.autotune(
@@ -478,31 +538,73 @@ _dkdv_tuned = triton.autotune(
         (32, 64, 4, 3), (32, 64, 4, 2), (64, 64, 4, 3), (64, 64, 4, 2),
     ]),
     key=_TUNE_KEY,
-    prune_configs_by={"early_config_prune": _PRUNE["dkdv"]},
+    prune_configs_by={"early_config_prune": _autotune_pruner("dkdv")},
 )(_attn_bwd_dkdv)
 
-# Problems this small (Tq * Tk) are launch-bound, so tuning them buys nothing but compile time;
-# they, and every problem when GPT1_ATTENTION_AUTOTUNE=0, take the first fixed config that fits.
+# Small problems (Tq * Tk) skip tuning: it would cost a compile per config for every new
+# shape, and their run time is expected to be dominated by the launch (not measured here).
 _SMALL_PROBLEM = 256 * 256
 _FIXED = {
     "fwd": _configs([(64, 64, 4, 2), (64, 32, 4, 2)]),
     "dq": _configs([(64, 64, 4, 2), (64, 32, 4, 2)]),
     "dkdv": _configs([(32, 64, 4, 2), (32, 32, 4, 2)]),
 }
+# Index into the fixed candidates that launched, per (kernel, device, dtype, meta).
+_FIXED_CHOICE: dict = {}
+
+
+def fixed_candidates(which: str, head_dim: int, elem_bytes: int) -> list:
+    """The fixed configs of kernel ``which`` to try, in order, for this head dim and element size."""
+    return prune_configs(which, _FIXED[which], head_dim, elem_bytes)
+
+
+def use_fixed_config(pairs: int) -> bool:
+    """Fixed block sizes instead of the autotuner: small problems, ``GPT1_ATTENTION_AUTOTUNE=0``,
+    and deterministic mode (the autotuner's choice may differ from one process to the next)."""
+    return (pairs <= _SMALL_PROBLEM or os.environ.get("GPT1_ATTENTION_AUTOTUNE", "1") == "0"
+            or torch.are_deterministic_algorithms_enabled())
+
+
+def launch_grid(bh: int, rows: int, block: int) -> Tuple[int, int]:
+    """The ``(batch * heads, row blocks)`` grid, checked against CUDA's limits per axis."""
+    blocks = triton.cdiv(int(rows), int(block))
+    if bh > _MAX_GRID_X:
+        raise ValueError(f"batch * heads = {bh} is more than the {_MAX_GRID_X} programs a CUDA grid axis takes")
+    if blocks > _MAX_GRID_YZ:
+        raise ValueError(f"{rows} positions in blocks of {block} need {blocks} programs, more than the "
+                         f"{_MAX_GRID_YZ} CUDA allows on grid axis 1: use shorter sequences")
+    return bh, blocks
+
+
+def _launch_fixed(kernel, which: str, rows: int, block_key: str, bh: int, args: tuple, meta: dict) -> None:
+    q = args[0]
+    candidates = fixed_candidates(which, meta["HEAD_DIM"], q.element_size())
+    key = (which, q.device, q.dtype, tuple(sorted(meta.items())))
+    for index in range(_FIXED_CHOICE.get(key, 0), len(candidates)):
+        cfg = candidates[index]
+        try:
+            kernel[launch_grid(bh, rows, cfg.kwargs[block_key])](
+                *args, **meta, **cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages
+            )
+        except OutOfResources:
+            # The shared-memory estimate is coarse; the next (smaller) candidate may fit.
+            if index + 1 == len(candidates):
+                raise
+            continue
+        _FIXED_CHOICE[key] = index
+        return
 
 
 def _launch(kernel, tuned, which: str, rows: int, block_key: str, bh: int, args: tuple, meta: dict, pairs: int):
-    """Launch with fixed blocks (interpreter, small problems, tuning off) or through the autotuner."""
+    """Launch with fixed blocks (interpreter, small problems, tuning off, deterministic mode) or
+    through the autotuner."""
     if triton_interpreting():
         blocks = INTERPRET_BLOCKS[which]
-        kernel[(triton.cdiv(rows, blocks[block_key]), bh)](*args, **meta, **blocks)
-    elif pairs <= _SMALL_PROBLEM or os.environ.get("GPT1_ATTENTION_AUTOTUNE", "1") == "0":
-        cfg = _PRUNE[which](_FIXED[which], {"Q": args[0]}, **meta)[0]
-        kernel[(triton.cdiv(rows, cfg.kwargs[block_key]), bh)](
-            *args, **meta, **cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages
-        )
+        kernel[launch_grid(bh, rows, blocks[block_key])](*args, **meta, **blocks)
+    elif use_fixed_config(pairs):
+        _launch_fixed(kernel, which, rows, block_key, bh, args, meta)
     else:
-        tuned[lambda m: (triton.cdiv(rows, m[block_key]), bh)](*args, **meta)
+        tuned[lambda m: launch_grid(bh, rows, m[block_key])](*args, **meta)
 
 
 # --------------------------------------------------------------------------------------------
@@ -531,9 +633,11 @@ def _unit_last(t: torch.Tensor) -> torch.Tensor:
 
 def _meta(q: torch.Tensor, causal: bool, window: Optional[int], key_lengths, dropout_p: float) -> dict:
     d = q.shape[-1]
+    block_d = max(16, triton.next_power_of_2(d))
     return {
         "HEAD_DIM": d,
-        "BLOCK_D": max(16, triton.next_power_of_2(d)),
+        "BLOCK_D": block_d,
+        "EVEN_D": d == block_d,
         "CAUSAL": bool(causal),
         "HAS_WINDOW": window is not None,
         "HAS_KEYLEN": key_lengths is not None,
@@ -542,8 +646,15 @@ def _meta(q: torch.Tensor, causal: bool, window: Optional[int], key_lengths, dro
     }
 
 
-def _seed_value(seed: Optional[torch.Tensor]) -> int:
-    return 0 if seed is None else int(seed.reshape(-1)[0].item())
+def seed_value(seed: Optional[torch.Tensor]) -> int:
+    """The kernels' seed: the low 31 bits, so a negative or large seed cannot carry into the
+    batch*head half of the Philox key."""
+    return 0 if seed is None else int(seed.reshape(-1)[0].item()) & 0x7FFFFFFF
+
+
+def dropout_threshold(p: float) -> int:
+    """An element is kept when its 31 random bits are at least this: probability 1 - p (to 2**-31)."""
+    return min(int(float(p) * 2**31), 2**31 - 1)
 
 
 def _forward_impl(q, k, v, key_lengths, seed, causal, window, scale, dropout_p):
@@ -558,11 +669,11 @@ def _forward_impl(q, k, v, key_lengths, seed, causal, window, scale, dropout_p):
         out.zero_()
         lse.fill_(float("inf"))
         return out, lse
-    q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
+    q, k, v = _unit_last(q), _unit_last(k.to(q.dtype)), _unit_last(v.to(q.dtype))
     keylen = key_lengths if key_lengths is not None else q  # placeholder pointer, never read
     args = (q, k, v, out, lse, keylen, *_strides(q), *_strides(k), *_strides(v), *_strides(out),
-            H, Tq, Tk, 0 if window is None else int(window), _seed_value(seed), float(scale) * _LOG2E,
-            float(dropout_p), _bucket(Tq), _bucket(Tk))
+            H, Tq, Tk, 0 if window is None else int(window), seed_value(seed), float(scale) * _LOG2E,
+            float(dropout_p), dropout_threshold(dropout_p), _bucket(Tq), _bucket(Tk))
     _launch(_attn_fwd, _fwd_tuned, "fwd", Tq, "BLOCK_M", B * H, args,
             _meta(q, causal, window, key_lengths, dropout_p), Tq * Tk)
     return out, lse
@@ -576,18 +687,22 @@ def _backward_impl(grad_out, q, k, v, out, lse, key_lengths, seed, causal, windo
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     if q.numel() == 0 or k.numel() == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
+    # The kernels' dots need one operand dtype: an upstream gradient in another dtype (fp32
+    # from a loss, say) is cast to the inputs' dtype, as the unfused backward would see it.
+    grad_out, out, k, v = (t.to(q.dtype) for t in (grad_out, out, k, v))
     grad_out, q, k, v, out = (_unit_last(t) for t in (grad_out, q, k, v, out))
     block_d = max(16, triton.next_power_of_2(D))
     delta = torch.empty((B, H, Tq), dtype=torch.float32, device=q.device)
     delta_block = INTERPRET_BLOCKS["delta"]["BLOCK_M"] if triton_interpreting() else 64
-    _attn_bwd_delta[(triton.cdiv(Tq, delta_block), B * H)](
+    _attn_bwd_delta[launch_grid(B * H, Tq, delta_block)](
         out, grad_out, delta, *_strides(out), *_strides(grad_out), H, Tq,
         HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=delta_block,
     )
     keylen = key_lengths if key_lengths is not None else q
     meta = _meta(q, causal, window, key_lengths, dropout_p)
-    common = (H, Tq, Tk, 0 if window is None else int(window), _seed_value(seed),
-              float(scale), float(scale) * _LOG2E, float(dropout_p), _bucket(Tq), _bucket(Tk))
+    common = (H, Tq, Tk, 0 if window is None else int(window), seed_value(seed),
+              float(scale), float(scale) * _LOG2E, float(dropout_p), dropout_threshold(dropout_p),
+              _bucket(Tq), _bucket(Tk))
     _launch(_attn_bwd_dkdv, _dkdv_tuned, "dkdv", Tk, "BLOCK_N", B * H,
             (q, k, v, grad_out, dk, dv, lse, delta, keylen, *_strides(q), *_strides(k), *_strides(v),
              *_strides(grad_out), *_strides(dk), *_strides(dv), *common), meta, Tq * Tk)
@@ -702,8 +817,9 @@ def flash_attention(
     ``k``/``v`` may be longer than ``q`` (queries aligned to the newest keys); ``key_lengths``
     pads keys per example; ``window`` keeps only the ``window`` most recent keys; rows that see
     no key return zeros. ``dropout_p`` drops attention probabilities inside the kernel with a
-    mask derived from ``seed`` (an int or a one-element tensor; when None, one is drawn from
-    torch's default CPU generator). See :func:`attention_keep_mask` for that mask.
+    mask derived from ``seed`` (an int or a one-element tensor, of which the low 31 bits are
+    used; when None, one is drawn from torch's default CPU generator). See
+    :func:`attention_keep_mask` for that mask. ``scale`` (default ``1/sqrt(D)``) must be positive.
     """
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError("flash_attention expects (batch, heads, time, head_dim) tensors")
@@ -716,8 +832,6 @@ def flash_attention(
         raise ValueError(f"dropout_p must be in [0, 1), not {dropout_p}")
     if window is not None and window < 1:
         raise ValueError(f"window must be at least 1, not {window}")
-    if dropout_p > 0.0 and Tq * k.shape[2] > 2**32:
-        raise ValueError("in-kernel dropout numbers at most 2**32 query-key pairs per head")
     if key_lengths is not None:
         if key_lengths.shape != (B,):
             raise ValueError(f"key_lengths must have shape ({B},), not {tuple(key_lengths.shape)}")
@@ -725,6 +839,9 @@ def flash_attention(
     dtype = _common_dtype(q, k, v)
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    if not (scale > 0.0 and math.isfinite(scale)):
+        # The kernels take the row max of unscaled scores, which a negative scale would invert.
+        raise ValueError(f"scale must be a positive finite number, not {scale}")
     dropout_p = float(dropout_p)
     seed_t = _seed_tensor(seed) if dropout_p > 0.0 else None
     out, _ = _flash_attention_fwd(q, k, v, key_lengths, seed_t, bool(causal), window, scale, dropout_p)
@@ -744,12 +861,11 @@ def attention_keep_mask(
     """
     B, H, Tq, Tk = (int(s) for s in shape)
     if device is None:
-        device = "cpu" if triton_interpreting() or not torch.cuda.is_available() else "cuda"
+        device = kernel_device()
     out = torch.empty((B, H, Tq, Tk), dtype=torch.int8, device=device)
     if out.numel() == 0:
         return out.bool()
     blocks = INTERPRET_BLOCKS["mask"] if triton_interpreting() else {"BLOCK_M": 64, "BLOCK_N": 64}
-    seed_value = _seed_value(_seed_tensor(seed))
-    grid = (triton.cdiv(Tq, blocks["BLOCK_M"]), triton.cdiv(Tk, blocks["BLOCK_N"]), B * H)
-    _keep_mask_kernel[grid](out, H, Tq, Tk, seed_value, float(dropout_p), **blocks)
+    grid = (B * H, triton.cdiv(Tq, blocks["BLOCK_M"]), triton.cdiv(Tk, blocks["BLOCK_N"]))
+    _keep_mask_kernel[grid](out, Tq, Tk, seed_value(_seed_tensor(seed)), dropout_threshold(dropout_p), **blocks)
     return out.bool()

@@ -22,3 +22,13 @@ def triton_available() -> bool:
 def triton_interpreting() -> bool:
     """True under ``TRITON_INTERPRET=1``: kernels run on CPU tensors, slowly, for tests."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def kernel_device():
+    """The device whose tensors the kernels take here: CUDA when a GPU is visible and the
+    interpreter is off (compiled kernels), else the CPU (interpreted kernels)."""
+    import torch
+
+    if torch.cuda.is_available() and not triton_interpreting():
+        return torch.device("cuda")
+    return torch.device("cpu")

@@ -6,10 +6,14 @@
   softmax from them and writes ``(softmax - onehot) * dloss`` in the logits' dtype.
 * :func:`linear_cross_entropy` — the tied LM head's loss, ``cross_entropy(hidden @ weight.T)``,
   without ever holding the ``(N, V)`` logits. Tokens go through in chunks: cuBLAS computes
-  one chunk of logits, a Triton kernel turns that buffer into ``d(loss)/d(logits)`` in place
-  (recording the loss on the way), and two more GEMMs fold it into the hidden and weight
-  gradients. The gradients are therefore produced by the forward and saved; backward only
-  scales them by the incoming gradient. Memory is ``O(chunk x V)`` plus the gradients.
+  one chunk of logits, a Triton kernel turns that buffer into ``softmax - onehot`` in place
+  (recording the loss on the way; fp16 values lifted by a power of two, see
+  :func:`grad_lift`), and two more GEMMs fold it into fp32 hidden and weight gradients (the
+  weight gradient accumulates in place in one fp32 buffer). The mean's ``1 / count`` is
+  applied to those fp32 results, never to the low-precision buffer, where at tens of
+  thousands of tokens it would flush fp16 values to zero. The gradients are thus produced
+  by the forward and saved; backward only scales them by the incoming gradient.
+  Memory is ``O(chunk x V)`` plus the gradients.
 
 Both follow :func:`gpt1_kernels.reference.cross_entropy_reference`: losses in fp32, targets
 equal to ``ignore_index`` contribute neither loss nor gradient, the mean is over the other
@@ -108,10 +112,12 @@ def _ce_bwd_kernel(
 
 @triton.jit
 def _logits_to_grad_kernel(
-    LOGITS, TARGETS, LOSS, SCALE, stride_row, n_cols, ignore_index,
+    LOGITS, TARGETS, LOSS, stride_row, n_cols, ignore_index, grad_lift,
     COMPUTE_GRAD: tl.constexpr, BLOCK_V: tl.constexpr,
 ):
-    """Loss of one row of a logits chunk, then the row overwritten by ``d(loss)/d(logits)``."""
+    """Loss of one row of a logits chunk, then the row overwritten by ``(softmax - onehot) *
+    grad_lift`` (zeros for an ignored target); the caller divides the lift out, and applies the
+    reduction's scale, in fp32."""
     row = tl.program_id(0).to(tl.int64)
     row_ptr = LOGITS + row * stride_row
     target = tl.load(TARGETS + row)
@@ -119,7 +125,7 @@ def _logits_to_grad_kernel(
     row_max, logsum, target_logit = _row_logsumexp_and_target(row_ptr, n_cols, target, valid, BLOCK_V)
     tl.store(LOSS + row, tl.where(valid, (row_max - target_logit) + logsum, 0.0))
     if COMPUTE_GRAD:
-        coef = tl.where(valid, tl.load(SCALE).to(tl.float32), 0.0)
+        coef = tl.where(valid, grad_lift, 0.0)
         _write_softmax_grad(row_ptr, row_ptr, n_cols, row_max, logsum, target, coef, BLOCK_V)
 
 
@@ -258,11 +264,15 @@ _CHUNK_BYTES_CUDA = 256 * 1024 * 1024
 _CHUNK_BYTES_OTHER = 256 * 1024
 
 
-def default_chunk_size(n_rows: int, vocab: int, dtype: torch.dtype, device: torch.device) -> int:
-    """Tokens per chunk: as many as keep one ``(chunk, vocab)`` logits buffer under budget."""
+def default_chunk_size(
+    n_rows: int, vocab: int, dtype: torch.dtype, device: torch.device, budget_bytes: Optional[int] = None
+) -> int:
+    """Tokens per chunk: as many as keep one ``(chunk, vocab)`` logits buffer within
+    ``budget_bytes`` (default 256 MiB on CUDA, 256 KiB elsewhere), split into equal chunks."""
     row_bytes = vocab * torch.empty((), dtype=dtype).element_size()
-    budget = _CHUNK_BYTES_CUDA if device.type == "cuda" else _CHUNK_BYTES_OTHER
-    rows = max(1, budget // row_bytes)
+    if budget_bytes is None:
+        budget_bytes = _CHUNK_BYTES_CUDA if device.type == "cuda" else _CHUNK_BYTES_OTHER
+    rows = max(1, int(budget_bytes) // row_bytes)
     if rows >= 256:
         rows -= rows % 128  # GEMM-friendly
     rows = min(rows, max(n_rows, 1))
@@ -271,21 +281,77 @@ def default_chunk_size(n_rows: int, vocab: int, dtype: torch.dtype, device: torc
     return triton.cdiv(max(n_rows, 1), n_chunks)
 
 
-_MM_FP32_OUT = {"ok": hasattr(torch.ops.aten.mm, "dtype")}
+# Which fp32-output GEMMs work for fp16/bf16 inputs on this torch (CUDA only; probed once).
+_GEMM_SUPPORT: dict = {}
+
+
+def _fp32_addmm_in_place_works(device: torch.device) -> bool:
+    """Whether ``addmm(acc, a, b, out_dtype=float32, out=acc)`` accumulates a low-precision
+    product into an fp32 ``acc`` correctly here: torch versions differ, so it is checked once
+    on a small case (one synchronisation per process) before being trusted."""
+    key = ("addmm", str(device))
+    if key not in _GEMM_SUPPORT:
+        ok = False
+        if hasattr(torch.ops.aten.addmm, "dtype_out"):
+            try:
+                gen = torch.Generator(device="cpu").manual_seed(0)
+                a = torch.randn(24, 16, generator=gen).to(device=device, dtype=torch.bfloat16)
+                b = torch.randn(16, 8, generator=gen).to(device=device, dtype=torch.bfloat16)
+                acc = torch.randn(24, 8, generator=gen).to(device)
+                want = acc + a.float() @ b.float()
+                got = torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
+                ok = got.data_ptr() == acc.data_ptr() and bool(torch.allclose(acc, want, rtol=1e-2, atol=1e-2))
+            except (RuntimeError, TypeError, NotImplementedError):
+                ok = False
+        _GEMM_SUPPORT[key] = ok
+    return _GEMM_SUPPORT[key]
+
+
+def _mm_fp32_out_works() -> bool:
+    return _GEMM_SUPPORT.setdefault("mm", hasattr(torch.ops.aten.mm, "dtype"))
 
 
 def _accumulate_weight_grad(acc: torch.Tensor, dlogits: torch.Tensor, h: torch.Tensor) -> None:
-    """``acc (fp32) += dlogits.T @ h`` with fp32 accumulation across chunks."""
+    """``acc (fp32) += dlogits.T @ h``, in place where torch allows it (no V x C temporary)."""
     if dlogits.dtype == torch.float32:
         acc.addmm_(dlogits.t(), h)
         return
-    if dlogits.is_cuda and _MM_FP32_OUT["ok"]:
+    if dlogits.is_cuda:
+        if _fp32_addmm_in_place_works(acc.device):
+            torch.addmm(acc, dlogits.t(), h, out_dtype=torch.float32, out=acc)
+            return
+        if _mm_fp32_out_works():
+            try:
+                acc += torch.mm(dlogits.t(), h, out_dtype=torch.float32)
+                return
+            except (RuntimeError, TypeError):
+                _GEMM_SUPPORT["mm"] = False
+    # fp32 arithmetic: a low-precision output could overflow on the lifted gradients.
+    acc.addmm_(dlogits.t().float(), h.float())
+
+
+def _hidden_grad_into(out: torch.Tensor, dlogits: torch.Tensor, w: torch.Tensor) -> None:
+    """``out (fp32 rows) = dlogits @ w``, never through a low-precision output."""
+    if dlogits.dtype == torch.float32:
+        torch.mm(dlogits, w, out=out)
+        return
+    if dlogits.is_cuda and _mm_fp32_out_works():
         try:
-            acc += torch.mm(dlogits.t(), h, out_dtype=torch.float32)
+            torch.mm(dlogits, w, out_dtype=torch.float32, out=out)
             return
         except (RuntimeError, TypeError):
-            _MM_FP32_OUT["ok"] = False
-    acc += torch.mm(dlogits.t(), h).float()
+            _GEMM_SUPPORT["mm"] = False
+    torch.mm(dlogits.float(), w.float(), out=out)
+
+
+def grad_lift(compute_dtype: torch.dtype) -> float:
+    """Power of two the chunk gradients are multiplied by in the logits buffer.
+
+    ``softmax - onehot`` lies in [-1, 1], and small probabilities (1e-6 with a large vocabulary)
+    are fp16 subnormals with few significant bits; 2**14 lifts them into fp16's normal range
+    while the largest value stays far below 65504. Every GEMM reading the buffer writes fp32,
+    and the lift is divided out exactly there. bf16 has fp32's range and needs none."""
+    return 2.0**14 if compute_dtype == torch.float16 else 1.0
 
 
 @torch.library.custom_op("gpt1::linear_cross_entropy_fwd", mutates_args=())
@@ -300,19 +366,16 @@ def _lce_fwd(
     want_grad_hidden: bool,
     want_grad_weight: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(loss, dloss/dhidden or empty, dloss/dweight or empty)`` for 2-D ``hidden``."""
+    """``(loss, dloss/dhidden or empty, dloss/dweight or empty)`` for 2-D ``hidden``; the
+    gradients in fp32."""
     n_rows, _ = hidden.shape
     vocab = weight.shape[0]
     device = hidden.device
     losses = torch.empty(n_rows, device=device, dtype=torch.float32)
-    grad_hidden = torch.empty(hidden.shape if want_grad_hidden else (0,), device=device, dtype=hidden.dtype)
+    grad_hidden = torch.empty(hidden.shape if want_grad_hidden else (0,), device=device, dtype=torch.float32)
     grad_weight = torch.zeros(weight.shape if want_grad_weight else (0,), device=device, dtype=torch.float32)
-    count = (targets != ignore_index).sum()
-    if reduction == "mean":
-        scale = 1.0 / count.clamp(min=1).to(torch.float32)
-    else:
-        scale = torch.ones((), device=device, dtype=torch.float32)
     compute_grad = want_grad_hidden or want_grad_weight
+    lift = grad_lift(compute_dtype)
     block, warps = _block_v(vocab)
     # The dtype of each matmul is fixed here, whatever autocast state the caller is in.
     with torch.autocast(device_type=device.type, enabled=False), _on_device(hidden):
@@ -326,40 +389,63 @@ def _lce_fwd(
             logits = buffer[: stop - start]
             torch.mm(h, w.t(), out=logits)
             _logits_to_grad_kernel[(stop - start,)](
-                logits, targets[start:stop], losses[start:stop], scale, logits.stride(0), vocab, ignore_index,
+                logits, targets[start:stop], losses[start:stop], logits.stride(0), vocab, ignore_index, lift,
                 COMPUTE_GRAD=compute_grad, BLOCK_V=block, num_warps=warps,
             )
-            # ``logits`` now holds d(loss)/d(logits) for this chunk.
+            # ``logits`` now holds (softmax - onehot) * lift for this chunk.
             if want_grad_hidden:
-                if grad_hidden.dtype == compute_dtype:
-                    torch.mm(logits, w, out=grad_hidden[start:stop])
-                else:
-                    grad_hidden[start:stop] = torch.mm(logits, w)
+                _hidden_grad_into(grad_hidden[start:stop], logits, w)
             if want_grad_weight:
                 _accumulate_weight_grad(grad_weight, logits, h)
-    loss = losses.sum() * scale
-    return loss, grad_hidden, grad_weight.to(weight.dtype)
+        loss = losses.sum()
+        if reduction == "mean":
+            # A device tensor (no synchronisation), applied in fp32 after the GEMMs.
+            scale = 1.0 / (targets != ignore_index).sum().clamp(min=1).to(torch.float32)
+            loss = loss * scale
+            grad_hidden.mul_(scale / lift)
+            grad_weight.mul_(scale / lift)
+        elif lift != 1.0:
+            grad_hidden.mul_(1.0 / lift)
+            grad_weight.mul_(1.0 / lift)
+    return loss, grad_hidden, grad_weight
 
 
 @_lce_fwd.register_fake
 def _(hidden, weight, targets, ignore_index, reduction, chunk_size, compute_dtype, want_grad_hidden, want_grad_weight):
     loss = hidden.new_empty((), dtype=torch.float32)
-    grad_hidden = hidden.new_empty(hidden.shape if want_grad_hidden else (0,))
-    grad_weight = weight.new_empty(weight.shape if want_grad_weight else (0,))
+    grad_hidden = hidden.new_empty(hidden.shape if want_grad_hidden else (0,), dtype=torch.float32)
+    grad_weight = weight.new_empty(weight.shape if want_grad_weight else (0,), dtype=torch.float32)
     return loss, grad_hidden, grad_weight
 
 
 def _lce_setup_context(ctx, inputs, output):
     _loss, grad_hidden, grad_weight = output
     ctx.want = (inputs[7], inputs[8])
+    ctx.dtypes = (inputs[0].dtype, inputs[1].dtype)
     ctx.save_for_backward(grad_hidden, grad_weight)
+
+
+def _known_one(dloss: torch.Tensor) -> bool:
+    """True when ``dloss`` is 1 and reading it costs nothing: a real (not traced) CPU scalar.
+    A CUDA value is never read, as that would synchronise with the device."""
+    return type(dloss) is torch.Tensor and dloss.device.type == "cpu" and dloss.numel() == 1 and dloss.item() == 1.0
+
+
+def _times_upstream(grad: torch.Tensor, dloss: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``grad * dloss`` in ``dtype``, one pass with fp32 arithmetic (none when dloss is known to be 1)."""
+    if _known_one(dloss):
+        return grad.to(dtype)
+    return torch.mul(grad, dloss.to(grad.dtype), out=torch.empty_like(grad, dtype=dtype))
 
 
 def _lce_backward(ctx, dloss, _dgh, _dgw):
     grad_hidden, grad_weight = ctx.saved_tensors
     want_hidden, want_weight = ctx.want
-    gh = grad_hidden * dloss.to(grad_hidden.dtype) if want_hidden and dloss is not None else None
-    gw = grad_weight * dloss.to(grad_weight.dtype) if want_weight and dloss is not None else None
+    hidden_dtype, weight_dtype = ctx.dtypes
+    if dloss is None:
+        return (None,) * 9
+    gh = _times_upstream(grad_hidden, dloss, hidden_dtype) if want_hidden else None
+    gw = _times_upstream(grad_weight, dloss, weight_dtype) if want_weight else None
     return gh, gw, None, None, None, None, None, None, None
 
 

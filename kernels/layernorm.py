@@ -29,8 +29,8 @@ from .availability import triton_interpreting
 
 __all__ = ["add_layer_norm"]
 
-# A row is held in registers as one block. At 16384 the backward already spills a little on
-# sm_90 (8192 does not); wider rows would need a looped kernel.
+# A row is held in registers as one block, so row width is bounded; wider rows would need a
+# looped kernel. (How register use grows towards this bound has not been measured.)
 MAX_FEATURES = 16384
 
 _TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}

@@ -19,7 +19,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from ..errors import Gpt1Error
-from ..runtime import pick_device
+from ..runtime import fast_matmul, pick_device
 
 PARALLEL_MODES = ("ddp", "fsdp")
 
@@ -59,16 +59,17 @@ def distributed_session(device_name: str, timeout_s: float = 600.0) -> Iterator[
         device = torch.device("cuda", world.local_rank)
     else:
         device = pick_device(device_name)
-    if not world.distributed or dist.is_initialized():
-        yield world, device
-        return
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
-    try:
-        yield world, device
-    finally:
-        with contextlib.suppress(Exception):
-            dist.destroy_process_group()
+    with fast_matmul(device):  # TF32 for training, restored when the session ends
+        if not world.distributed or dist.is_initialized():
+            yield world, device
+            return
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+        try:
+            yield world, device
+        finally:
+            with contextlib.suppress(Exception):
+                dist.destroy_process_group()
 
 
 def wrap_model(model: nn.Module, mode: str, world: World, device: torch.device) -> nn.Module:

@@ -1,12 +1,19 @@
 """Flash-attention kernel against the PyTorch reference: values, gradients, masks, dropout.
 
 Without a GPU these run under ``TRITON_INTERPRET=1`` (set by ``tests/conftest.py``) on small
-CPU tensors; with one, the same small cases run compiled on the GPU, and the ``gpu`` tests
-add realistic sizes, bf16 and the autotuned configurations.
+CPU tensors; with one, the same cases run compiled on the GPU (``tolerances.KERNEL_DEVICE``),
+and the ``gpu`` tests add realistic sizes, bf16 and the autotuned configurations.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
@@ -16,8 +23,9 @@ import gpt1_kernels.attention as attention_module  # noqa: E402
 from gpt1_kernels import triton_interpreting  # noqa: E402
 from gpt1_kernels.attention import attention_keep_mask, flash_attention  # noqa: E402
 from gpt1_kernels.reference import attention_reference  # noqa: E402
+from tolerances import KERNEL_DEVICE, sized, tolerance  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() and not triton_interpreting() else "cpu"
+DEVICE = KERNEL_DEVICE.type
 
 
 def _inputs(b, h, tq, tk, d, dtype=torch.float32, device=DEVICE, scale=1.0, seed=0):
@@ -58,10 +66,15 @@ def _check_against_reference(q, k, v, do, rtol, atol, keep_mask=None, **kw):
     return out, grads
 
 
-FP32_TOL = dict(rtol=1e-5, atol=1e-5)
-FP16_TOL = dict(rtol=1e-2, atol=5e-3)
+def _tol(dtype, device=DEVICE):
+    rtol, atol = tolerance("attention", dtype, device)
+    return dict(rtol=rtol, atol=atol)
+
+
+FP32_TOL = _tol(torch.float32)
+FP16_TOL = _tol(torch.float16)
 # GPU sizes: longer sums, and bf16 keeps only 8 mantissa bits.
-GPU_TOL = {torch.float16: dict(rtol=1e-2, atol=1e-2), torch.bfloat16: dict(rtol=2e-2, atol=2e-2)}
+GPU_TOL = {dtype: _tol(dtype, "cuda") for dtype in (torch.float16, torch.bfloat16)}
 
 
 # ------------------------------------------------------------------------------ values and grads
@@ -75,6 +88,8 @@ GPU_TOL = {torch.float16: dict(rtol=1e-2, atol=1e-2), torch.bfloat16: dict(rtol=
         (1, 2, 33, 33, 32),  # one past a block multiple
         (2, 1, 70, 70, 64),  # several tiles with a ragged tail
         (1, 1, 20, 20, 128),
+        # compiled on a GPU, realistic sizes cost nothing
+        *sized([], [(2, 4, 300, 300, 64), (1, 2, 700, 700, 128)]),
     ],
 )
 def test_causal_fp32_matches_reference(b, h, tq, tk, d):
@@ -355,6 +370,198 @@ def test_rejects_bad_arguments():
         flash_attention(q, k[..., :8], v)
     with pytest.raises(ValueError):
         flash_attention(q, k, v, key_lengths=torch.tensor([1, 2], device=DEVICE))
+    with pytest.raises(ValueError, match="scale"):
+        flash_attention(q, k, v, scale=-0.5)
+
+
+# ------------------------------------------------------------------------------ GPU readiness
+
+
+def test_interior_tiles_never_read_past_the_end():
+    """Rows past Tq / Tk hold NaN in memory: interior tiles load without masks, so they must
+    be exactly the tiles that lie wholly inside."""
+    b, h, d, pad = 1, 2, 16, 40
+
+    def padded(t, length):
+        base = torch.full((b, h, length + pad, d), float("nan"), device=t.device, dtype=t.dtype)
+        base[:, :, :length] = t.detach()
+        return base[:, :, :length].requires_grad_()
+
+    cases = {(70, 70): ({}, {"window": 20}), (37, 90): ({},), (64, 64): ({"causal": False},)}
+    for (tq, tk), kws in cases.items():
+        q, k, v, do = _inputs(b, h, tq, tk, d, seed=tq)
+        pq, pk, pv = padded(q, tq), padded(k, tk), padded(v, tk)
+        base_do = torch.full((b, h, tq + pad, d), float("nan"), device=q.device)
+        base_do[:, :, :tq] = do
+        pdo = base_do[:, :, :tq]
+        for kw in kws:
+            out, grads = _fwd_bwd(flash_attention, pq, pk, pv, pdo, **kw)
+            ref, ref_grads = _fwd_bwd(attention_reference, q, k, v, do, **kw)
+            _assert_close(out, ref, **FP32_TOL, name=f"out {tq}x{tk} {kw}")
+            for name, g, r in zip(("dq", "dk", "dv"), grads, ref_grads):
+                _assert_close(g, r, **FP32_TOL, name=f"{name} {tq}x{tk} {kw}")
+
+
+def test_backward_casts_grad_out_to_the_inputs_dtype(monkeypatch):
+    """An fp32 upstream gradient for fp16 inputs reaches the kernels as fp16 (their dots need one
+    operand dtype) and gives the gradients of the pre-cast one."""
+    q, k, v, do = _inputs(1, 2, 24, 24, 16, dtype=torch.float16)
+    out, lse = torch.ops.gpt1.flash_attention_fwd(q.detach(), k.detach(), v.detach(), None, None, True, None,
+                                                  0.25, 0.0)
+    seen = []
+    real_launch = attention_module._launch
+
+    def spy(kernel, tuned, which, rows, block_key, bh, args, meta, pairs):
+        seen.append(args[3].dtype)  # grad_out follows q, k, v in both backward kernels
+        return real_launch(kernel, tuned, which, rows, block_key, bh, args, meta, pairs)
+
+    monkeypatch.setattr(attention_module, "_launch", spy)
+    grads32 = torch.ops.gpt1.flash_attention_bwd(do.float(), q.detach(), k.detach(), v.detach(), out, lse, None,
+                                                 None, True, None, 0.25, 0.0)
+    grads16 = torch.ops.gpt1.flash_attention_bwd(do, q.detach(), k.detach(), v.detach(), out, lse, None, None,
+                                                 True, None, 0.25, 0.0)
+    assert seen == [torch.float16] * 4
+    for a, b in zip(grads32, grads16):
+        assert a.dtype == torch.float16 and torch.equal(a, b)
+
+
+def test_seeds_are_masked_to_31_bits():
+    for raw in (-1, -(2**32), 2**40 + 3, -(2**63)):
+        value = attention_module.seed_value(torch.tensor([raw]))
+        assert 0 <= value < 2**31 and value == raw & 0x7FFFFFFF
+    assert attention_module.seed_value(attention_module._seed_tensor(-5)) == (-5) & 0x7FFFFFFF
+
+
+def test_negative_seeds_keep_heads_apart():
+    """Unmasked, seed -2**32 would give head 1 the Philox key of head 0 under seed 0."""
+    shape, p = (2, 2, 24, 24), 0.5
+    for seed in (torch.tensor(-(2**32)), torch.tensor(-1), -77):
+        mask = attention_keep_mask(shape, p, seed, device=DEVICE)
+        flat = mask.reshape(4, 24, 24)
+        assert all(not torch.equal(flat[i], flat[j]) for i in range(4) for j in range(i))
+    zero = attention_keep_mask(shape, p, 0, device=DEVICE)
+    shifted = attention_keep_mask(shape, p, torch.tensor(-(2**32)), device=DEVICE)
+    assert not torch.equal(shifted[0, 1], zero[0, 0])
+
+
+def test_negative_seed_forward_and_backward_share_the_mask():
+    q, k, v, do = _inputs(1, 2, 33, 33, 16)
+    seed = torch.tensor([-123456789])
+    mask = attention_keep_mask((1, 2, 33, 33), 0.25, seed, device=DEVICE)
+    _check_against_reference(q, k, v, do, keep_mask=mask, dropout_p=0.25, seed=seed, **FP32_TOL)
+
+
+@pytest.mark.parametrize("t", [32, 37])
+def test_forward_and_dkdv_masks_are_the_helpers_bit_for_bit(t):
+    """q = 0 makes every probability 1/t; v = I exposes the forward's mask in the output and
+    dO = I exposes the dK/dV kernel's mask in dV (both times t * (1 - p))."""
+    b, h, p = 1, 3, 0.3
+    q = torch.zeros(b, h, t, t, device=DEVICE, requires_grad=True)
+    k = torch.randn(b, h, t, t, device=DEVICE, requires_grad=True)
+    eye = torch.eye(t, device=DEVICE).expand(b, h, t, t).contiguous()
+    v = eye.clone().requires_grad_()
+    out = flash_attention(q, k, v, causal=False, dropout_p=p, seed=-9)
+    (dv,) = torch.autograd.grad(out, (v,), eye)
+    mask = attention_keep_mask((b, h, t, t), p, -9, device=DEVICE)
+    from_out = out.detach() * t * (1.0 - p)
+    from_dv = dv.transpose(-1, -2) * t * (1.0 - p)
+    for exposed in (from_out, from_dv):
+        assert (exposed - exposed.round()).abs().max() < 1e-4
+        assert torch.equal(exposed.round().bool(), mask)
+
+
+def _philox4x32(key_lo, key_hi, c0, c1, c2, c3, rounds=10):
+    """Philox4x32 (Salmon et al., SC'11) on numpy uint64 arrays holding 32-bit values."""
+    m32 = np.uint64(0xFFFFFFFF)
+    mul_a, mul_b = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
+    bump_a, bump_b = np.uint64(0x9E3779B9), np.uint64(0xBB67AE85)
+    k0, k1 = np.uint64(key_lo), np.uint64(key_hi)
+    for _ in range(rounds):
+        prod_b, prod_a = mul_b * c2, mul_a * c0
+        c0, c1, c2, c3 = ((prod_b >> np.uint64(32)) ^ c1 ^ k0, prod_b & m32,
+                          (prod_a >> np.uint64(32)) ^ c3 ^ k1, prod_a & m32)
+        k0, k1 = (k0 + bump_a) & m32, (k1 + bump_b) & m32
+    return c0, c1, c2, c3
+
+
+def test_keep_mask_layout_matches_an_independent_philox():
+    """Key (31-bit seed, batch*head); counter (key // 4, query); key 4g + j uses output j."""
+    b, h, tq, tk, p, seed = 1, 2, 5, 11, 0.5, -3
+    mask = attention_keep_mask((b, h, tq, tk), p, seed, device=DEVICE).cpu()
+    rows = np.arange(tq, dtype=np.uint64)[:, None] + np.zeros((1, tk), dtype=np.uint64)
+    cols = np.zeros((tq, 1), dtype=np.uint64) + np.arange(tk, dtype=np.uint64)[None, :]
+    zero = np.zeros_like(rows)
+    threshold = attention_module.dropout_threshold(p)
+    for head in range(h):
+        outs = _philox4x32(seed & 0x7FFFFFFF, head, cols // np.uint64(4), rows, zero, zero)
+        bits = np.choose((cols % np.uint64(4)).astype(np.int64), outs)
+        expected = (bits >> np.uint64(1)) >= np.uint64(threshold)
+        assert torch.equal(mask[0, head], torch.from_numpy(expected)), head
+
+
+def test_launch_grid_puts_batch_heads_on_axis_0():
+    """Axis 0 takes 2**31 - 1 programs, axis 1 only 65535: batch * heads goes on axis 0."""
+    grid = attention_module.launch_grid
+    assert grid(70000, 1024, 64) == (70000, 16)
+    assert grid(2**31 - 1, 1, 16) == (2**31 - 1, 1)
+    with pytest.raises(ValueError, match="batch \\* heads"):
+        grid(2**31, 64, 64)
+    with pytest.raises(ValueError, match="65535"):
+        grid(8, 65535 * 16 + 1, 16)
+    assert grid(8, 65535 * 16, 16) == (8, 65535)
+
+
+@pytest.mark.parametrize("which", ["fwd", "dq", "dkdv"])
+def test_fixed_configs_are_pruned_like_tuned_ones(which):
+    budget = attention_module._SMEM_BUDGET
+    for elem in (2, 4):
+        for d in (16, 24, 64, 100, 128, 256):
+            first = attention_module.fixed_candidates(which, d, elem)[0]
+            assert attention_module.smem_estimate(which, first, d, elem) <= budget, (which, elem, d)
+    # fp32 at head dim 256: the first fixed config (64 x 64, two stages) does not fit.
+    big = attention_module._FIXED[which][0]
+    assert attention_module.smem_estimate(which, big, 256, 4) > budget
+    assert big not in attention_module.fixed_candidates(which, 256, 4)
+
+
+def test_prune_configs_keeps_order_and_falls_back_to_the_smallest(monkeypatch):
+    configs = attention_module._FIXED["fwd"]
+    assert attention_module.prune_configs("fwd", configs, 64, 2) == configs
+    monkeypatch.setattr(attention_module, "_SMEM_BUDGET", 1)
+    (only,) = attention_module.prune_configs("fwd", configs, 64, 2)
+    assert only.kwargs == {"BLOCK_M": 32, "BLOCK_N": 32} and only.num_stages == 1
+
+
+def test_fixed_launch_falls_back_when_out_of_shared_memory(monkeypatch):
+    """The estimate is coarse: a config the GPU refuses is skipped, and the one that worked is remembered."""
+    tried = []
+
+    class FakeKernel:
+        def __getitem__(self, grid):
+            def run(*args, BLOCK_M, BLOCK_N, num_warps, num_stages, **meta):
+                tried.append((grid, BLOCK_M, BLOCK_N))
+                if (BLOCK_M, BLOCK_N) == (64, 64):
+                    raise attention_module.OutOfResources(300000, 232448, "shared memory")
+            return run
+
+    monkeypatch.setattr(attention_module, "_FIXED_CHOICE", {})
+    q = torch.empty(1, 1, 1, 64, dtype=torch.float16)
+    meta = {"HEAD_DIM": 64, "CAUSAL": True}
+    for _ in range(2):
+        attention_module._launch_fixed(FakeKernel(), "fwd", 300, "BLOCK_M", 6, (q,), meta)
+    assert tried == [((6, 5), 64, 64), ((6, 5), 64, 32), ((6, 5), 64, 32)]
+
+
+def test_deterministic_mode_pins_the_fixed_config(monkeypatch):
+    big = 4096 * 4096
+    monkeypatch.delenv("GPT1_ATTENTION_AUTOTUNE", raising=False)
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: False)
+    assert attention_module.use_fixed_config(100) and not attention_module.use_fixed_config(big)
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+    assert attention_module.use_fixed_config(big)
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: False)
+    monkeypatch.setenv("GPT1_ATTENTION_AUTOTUNE", "0")
+    assert attention_module.use_fixed_config(big)
 
 
 # ------------------------------------------------------------------------------ GPU only
@@ -432,3 +639,20 @@ def test_gpu_window_cost_grows_with_t_times_w():
     with torch.no_grad():
         t_full = do_bench(lambda: flash_attention(q, k, v))
     assert t_large < 0.5 * t_full, (t_large, t_full)
+
+
+@pytest.mark.slow
+def test_kernels_compile_for_hopper_in_bf16():
+    """bf16 never runs under the interpreter (its tl.dot is wrong there): compile the three
+    kernels for sm_90 with dropout, a window and key padding, and check their shared memory."""
+    pytest.importorskip("triton.backends.nvidia.compiler")
+    script = Path(__file__).with_name("compile_for_gpu.py")
+    env = dict(os.environ, TRITON_INTERPRET="0", PYTHONWARNINGS="ignore")
+    proc = subprocess.run([sys.executable, str(script), "--dtype", "bf16", "--arch", "90"], env=env,
+                          capture_output=True, text=True, timeout=600, check=False)
+    if proc.returncode != 0 and "ptxas" in proc.stderr and "not found" in proc.stderr.lower():
+        pytest.skip("no ptxas in this Triton install")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    kernels = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert {k["kernel"] for k in kernels} == {"fwd", "dkdv", "dq"}
+    assert all(0 < k["shared"] <= attention_module._SMEM_BUDGET for k in kernels), kernels

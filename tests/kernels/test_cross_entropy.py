@@ -1,8 +1,9 @@
 """The fused cross-entropy kernels against the PyTorch references.
 
-CPU runs go through the Triton interpreter, where a row is read in blocks of 64 logits, so
-vocabularies of a few hundred already cover several blocks and a masked tail. Realistic
-shapes (4096 tokens, GPT vocabularies) and bf16 are in the ``gpu`` tests.
+Tensors live on ``tolerances.KERNEL_DEVICE``. CPU runs go through the Triton interpreter, where
+a row is read in blocks of 64 logits, so vocabularies of a few hundred already cover several
+blocks and a masked tail. With a GPU the same tests run compiled; realistic shapes (4096
+tokens, GPT vocabularies) and bf16 are in the ``gpu`` tests.
 """
 
 from __future__ import annotations
@@ -10,18 +11,20 @@ from __future__ import annotations
 import pytest
 import torch
 
+import gpt1_kernels.cross_entropy as ce_module
 from gpt1_kernels.cross_entropy import cross_entropy, default_chunk_size, linear_cross_entropy
 from gpt1_kernels.reference import cross_entropy_reference, linear_cross_entropy_reference
+from tolerances import KERNEL_DEVICE, tolerance
 
 IGNORE = -100
-# (rtol, atol as a fraction of the largest expected magnitude)
-TOL = {torch.float32: (1e-5, 1e-5), torch.float16: (2e-3, 2e-3), torch.bfloat16: (1.6e-2, 1.6e-2)}
+DEVICE = KERNEL_DEVICE
 
 
 def assert_close(actual, expected, dtype, what=""):
+    """rtol, and atol as a fraction of the largest expected magnitude."""
     assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
-    rtol, atol = TOL[dtype]
+    rtol, atol = tolerance("cross_entropy", dtype, actual.device)
     scale = expected.detach().abs().max().item() if expected.numel() else 0.0
     torch.testing.assert_close(
         actual, expected, rtol=rtol, atol=atol * scale + 1e-12, msg=lambda m: f"{what}: {m}"
@@ -32,7 +35,7 @@ def gen(seed):
     return torch.Generator().manual_seed(seed)
 
 
-def make_targets(n, vocab, *, ignored=(), seed=0, device="cpu"):
+def make_targets(n, vocab, *, ignored=(), seed=0, device=DEVICE):
     targets = torch.randint(0, vocab, (n,), generator=gen(seed))
     # always exercise the first and last vocabulary entries
     if n > 2:
@@ -64,7 +67,7 @@ def check_ce(logits, targets, reduction, dtype):
     return loss, grad
 
 
-def make_logits(shape, dtype, *, scale=3.0, offset=0.0, seed=1, device="cpu"):
+def make_logits(shape, dtype, *, scale=3.0, offset=0.0, seed=1, device=DEVICE):
     logits = torch.randn(shape, generator=gen(seed)) * scale + offset
     return logits.to(device=device, dtype=dtype).requires_grad_()
 
@@ -99,7 +102,7 @@ def test_ce_masked_vocabulary():
     with torch.no_grad():
         logits[0, :64] = float("-inf")
         logits[1, 150:] = float("-inf")
-    targets = torch.tensor([100, 3, 199])
+    targets = torch.tensor([100, 3, 199], device=DEVICE)
     loss, grad = check_ce(logits, targets, "none", torch.float32)
     assert torch.isfinite(loss).all()
     assert torch.count_nonzero(grad[0, :64]) == 0 and torch.count_nonzero(grad[1, 150:]) == 0
@@ -108,7 +111,7 @@ def test_ce_masked_vocabulary():
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_ce_all_ignored(reduction):
     logits = make_logits((5, 70), torch.float32)
-    targets = torch.full((5,), IGNORE)
+    targets = torch.full((5,), IGNORE, device=DEVICE)
     loss, grad = check_ce(logits, targets, reduction, torch.float32)
     assert torch.count_nonzero(loss) == 0
     assert torch.count_nonzero(grad) == 0
@@ -116,9 +119,9 @@ def test_ce_all_ignored(reduction):
 
 def test_ce_single_row_and_custom_ignore_index():
     logits = make_logits((1, 90), torch.float16)
-    loss = cross_entropy(logits, torch.tensor([7]), ignore_index=7)
+    loss = cross_entropy(logits, torch.tensor([7], device=DEVICE), ignore_index=7)
     assert loss.item() == 0.0
-    check_ce(logits, torch.tensor([89]), "sum", torch.float16)
+    check_ce(logits, torch.tensor([89], device=DEVICE), "sum", torch.float16)
 
 
 def test_ce_batched_and_strided():
@@ -163,7 +166,7 @@ def test_ce_torch_compile_fullgraph():
     # aot_eager runs the fake impls and registered autograd as inductor would, without
     # inductor's CPU C++ build; the GPU test compiles with inductor.
     torch._dynamo.reset()
-    _ce_compiled_matches_eager("cpu", "aot_eager")
+    _ce_compiled_matches_eager(DEVICE, "aot_eager")
 
 
 def test_ce_rejects_bad_arguments():
@@ -177,7 +180,7 @@ def test_ce_rejects_bad_arguments():
 # ============================================================================= linear_cross_entropy
 
 
-def make_head(n, dim, vocab, dtype, *, scale=1.0, seed=3, device="cpu"):
+def make_head(n, dim, vocab, dtype, *, scale=1.0, seed=3, device=DEVICE):
     hidden = (torch.randn(n, dim, generator=gen(seed)) * scale).to(device=device, dtype=dtype).requires_grad_()
     weight = (torch.randn(vocab, dim, generator=gen(seed + 1)) * 0.3).to(device=device, dtype=dtype).requires_grad_()
     return hidden, weight
@@ -222,7 +225,7 @@ def test_lce_large_logits():
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_lce_all_ignored(reduction):
     hidden, weight = make_head(6, 16, 80, torch.float32)
-    targets = torch.full((6,), IGNORE)
+    targets = torch.full((6,), IGNORE, device=DEVICE)
     loss, grads = check_lce(hidden, weight, targets, reduction, torch.float32, chunk_size=4)
     assert loss.item() == 0.0
     assert all(torch.count_nonzero(g) == 0 for g in grads)
@@ -230,7 +233,7 @@ def test_lce_all_ignored(reduction):
 
 def test_lce_single_token_batched_input():
     hidden, weight = make_head(1, 16, 70, torch.float16)
-    check_lce(hidden, weight, torch.tensor([69]), "mean", torch.float16)
+    check_lce(hidden, weight, torch.tensor([69], device=DEVICE), "mean", torch.float16)
     hidden, weight = make_head(6, 16, 70, torch.float32)
     loss = linear_cross_entropy(hidden.view(2, 3, 16), weight, make_targets(6, 70).view(2, 3), chunk_size=4)
     ref = linear_cross_entropy_reference(hidden, weight, make_targets(6, 70))
@@ -261,7 +264,7 @@ def test_lce_autocast_matches_reference():
     """fp32 parameters under bf16 autocast: bf16 matmuls, fp32 loss, fp32 gradients."""
     hidden, weight = make_head(10, 32, 120, torch.float32)
     targets = make_targets(10, 120, ignored=(4,))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
         loss = linear_cross_entropy(hidden, weight, targets, chunk_size=4)
         ref = linear_cross_entropy_reference(hidden, weight, targets)
     assert loss.dtype == torch.float32
@@ -304,7 +307,7 @@ def _lce_compiled_matches_eager(device, backend, n=14, dim=16, vocab=100, chunk_
 
 def test_lce_torch_compile_fullgraph():
     torch._dynamo.reset()
-    _lce_compiled_matches_eager("cpu", "aot_eager")
+    _lce_compiled_matches_eager(DEVICE, "aot_eager")
 
 
 def test_lce_rejects_bad_arguments():
@@ -331,6 +334,79 @@ def test_default_chunk_size_bounds_logits_memory():
     assert default_chunk_size(0, 100, torch.float32, torch.device("cpu")) == 1
     rows = default_chunk_size(1000, 5000, torch.float32, torch.device("cpu"))
     assert 1 <= rows and rows * 5000 * 4 <= 256 * 1024
+
+
+def test_default_chunk_size_follows_the_budget():
+    cuda = torch.device("cuda")
+    rows = default_chunk_size(4096, 50257, torch.bfloat16, cuda, budget_bytes=64 * 2**20)
+    # 640 rows fit 64 MiB: seven equal chunks of 586 rather than six of 640 and one of 256
+    assert rows == 586 and rows * 50257 * 2 <= 64 * 2**20
+    assert default_chunk_size(100, 1000, torch.float32, cuda, budget_bytes=1) == 1
+    rows = default_chunk_size(10_000, 1000, torch.float16, torch.device("cpu"), budget_bytes=2**20)
+    assert rows * 1000 * 2 <= 2**20
+
+
+def _rare_class_head(n, device=DEVICE):
+    """fp16 head where the last class has probability ~1e-6 on every token and is never the
+    target, so its weight gradient is made only of terms of size p / n (mean reduction)."""
+    g = gen(11)
+    hidden = torch.randn(n, 8, generator=g)
+    hidden[:, 0] = 1.0
+    weight = torch.randn(16, 8, generator=g) * 0.5
+    weight[-1, 0] = -11.0
+    targets = torch.randint(0, 15, (n,), generator=g).to(device)
+    return hidden.to(device, torch.float16).requires_grad_(), weight.to(device, torch.float16).requires_grad_(), targets
+
+
+@pytest.mark.parametrize("loss_scale", [2.0**15, 2.0**16])
+def test_lce_fp16_mean_gradient_survives_a_loss_scale(loss_scale):
+    """``p / n`` is ~1e-9 here, below fp16's smallest subnormal: it must not be stored in fp16
+    before the (GradScaler-style) upstream scale is applied, and 2**16 itself overflows fp16."""
+    hidden, weight, targets = _rare_class_head(256)
+    loss = linear_cross_entropy(hidden, weight, targets)
+    up = torch.tensor(loss_scale, device=DEVICE)
+    dh, dw = torch.autograd.grad(loss, (hidden, weight), up)
+    h32, w32 = (t.detach().float().requires_grad_() for t in (hidden, weight))
+    ref = linear_cross_entropy_reference(h32, w32, targets)
+    ref_dh, ref_dw = torch.autograd.grad(ref, (h32, w32), up)
+    p_over_n = torch.softmax(h32 @ w32.t(), -1)[:, -1] / 256
+    assert p_over_n.max() < 6e-8  # would flush to zero (or to one subnormal step) in fp16
+    assert dh.dtype == dw.dtype == torch.float16
+    assert torch.isfinite(dh).all() and torch.isfinite(dw).all()
+    assert torch.count_nonzero(dw[-1]) == 8
+    torch.testing.assert_close(dw[-1].float(), ref_dw[-1], rtol=2e-2, atol=0.0)
+    assert_close(dw.float(), ref_dw, torch.float16, "dweight")
+    assert_close(dh.float(), ref_dh, torch.float16, "dhidden")
+
+
+def test_weight_grad_accumulates_in_place():
+    gen_ = gen(5)
+    acc = torch.randn(6, 4, generator=gen_).to(DEVICE)
+    start, ptr = acc.clone(), acc.data_ptr()
+    dlogits = torch.randn(3, 6, generator=gen_).to(DEVICE)
+    h = torch.randn(3, 4, generator=gen_).to(DEVICE)
+    ce_module._accumulate_weight_grad(acc, dlogits, h)
+    assert acc.data_ptr() == ptr
+    torch.testing.assert_close(acc, start + dlogits.t() @ h)
+    half = dlogits.half(), h.half()
+    ce_module._accumulate_weight_grad(acc, *half)
+    torch.testing.assert_close(acc, start + dlogits.t() @ h + half[0].float().t() @ half[1].float(),
+                               rtol=1e-3, atol=1e-3)
+
+
+def test_upstream_gradient_of_one_is_not_multiplied():
+    grad = torch.randn(5, 3)
+    assert ce_module._times_upstream(grad, torch.tensor(1.0), torch.float32) is grad
+    twice = ce_module._times_upstream(grad, torch.tensor(2.0), torch.float16)
+    assert twice.dtype == torch.float16
+    torch.testing.assert_close(twice, (grad * 2).half())
+
+    class Traced(torch.Tensor):  # stands for fake / functional tensors under torch.compile
+        pass
+
+    assert not ce_module._known_one(torch.tensor(1.0).as_subclass(Traced))
+    if torch.cuda.is_available():
+        assert not ce_module._known_one(torch.tensor(1.0, device="cuda"))  # reading it would synchronise
 
 
 # ============================================================================= GPU
@@ -407,3 +483,39 @@ def test_gpu_torch_compile_inductor():
     torch._dynamo.reset()
     _ce_compiled_matches_eager("cuda", "inductor")
     _lce_compiled_matches_eager("cuda", "inductor", n=512, dim=128, vocab=5000, chunk_size=200)
+
+
+@pytest.mark.gpu
+def test_gpu_lce_fp16_mean_over_32k_tokens_under_a_loss_scale():
+    """32768 tokens, fp16, mean reduction, GradScaler's initial scale: (softmax - onehot) / N
+    would underflow fp16 if stored before the scale."""
+    n, dim, vocab = 32768, 256, 8192
+    hidden, weight = make_head(n, dim, vocab, torch.float16, device="cuda")
+    targets = make_targets(n, vocab, device="cuda")
+    up = torch.tensor(2.0**16, device="cuda")
+    dh, dw = torch.autograd.grad(linear_cross_entropy(hidden, weight, targets), (hidden, weight), up)
+    h32, w32 = (t.detach().float().requires_grad_() for t in (hidden, weight))
+    ref_dh, ref_dw = torch.autograd.grad(linear_cross_entropy_reference(h32, w32, targets), (h32, w32), up)
+    assert torch.isfinite(dw).all() and torch.count_nonzero(dw.float().abs().sum(1)) == vocab
+    assert_close(dw.float(), ref_dw, torch.float16, "dweight")
+    assert_close(dh.float(), ref_dh, torch.float16, "dhidden")
+
+
+@pytest.mark.gpu
+def test_gpu_lce_weight_grad_needs_no_per_chunk_temporary():
+    """bf16, many chunks: the peak is the logits chunk plus the fp32 gradients, with no
+    vocab x dim fp32 temporary per chunk on top."""
+    if not ce_module._fp32_addmm_in_place_works(torch.device("cuda")):
+        pytest.skip(f"torch {torch.__version__} cannot addmm bf16 into an fp32 buffer in place")
+    n, dim, vocab, chunk = 8192, 768, 50257, 1024
+    hidden, weight = make_head(n, dim, vocab, torch.bfloat16, device="cuda")
+    targets = make_targets(n, vocab, device="cuda")
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    loss = linear_cross_entropy(hidden, weight, targets, chunk_size=chunk)
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base
+    expected = chunk * vocab * 2 + vocab * dim * 4 + n * dim * 4
+    assert peak < expected + vocab * dim * 2, (peak / 2**20, expected / 2**20)
+    assert torch.isfinite(loss)

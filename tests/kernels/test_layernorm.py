@@ -1,7 +1,8 @@
 """The fused residual-add + LayerNorm kernel against the PyTorch reference.
 
-CPU runs go through the Triton interpreter (set up in ``tests/conftest.py``), so shapes stay
-small; realistic shapes and bf16 are in the ``gpu`` tests.
+Tensors live on ``tolerances.KERNEL_DEVICE``: CPU runs go through the Triton interpreter (set
+up in ``tests/conftest.py``), so shapes stay small; with a GPU the same tests run compiled, and
+realistic shapes and bf16 are in the ``gpu`` tests.
 """
 
 from __future__ import annotations
@@ -12,20 +13,22 @@ import torch.nn.functional as F
 
 from gpt1_kernels.layernorm import MAX_FEATURES, add_layer_norm
 from gpt1_kernels.reference import add_layer_norm_reference
+from tolerances import KERNEL_DEVICE, sized, tolerance
 
-# (rtol, atol as a fraction of the largest expected magnitude, floored at 1: LayerNorm values are O(1))
-TOL = {torch.float32: (1e-5, 1e-5), torch.float16: (2e-3, 2e-3), torch.bfloat16: (1.6e-2, 1.6e-2)}
+DEVICE = KERNEL_DEVICE
 
 
 def assert_close(actual, expected, dtype, what=""):
+    """rtol, and atol as a fraction of the largest expected magnitude floored at 1 (LayerNorm values are O(1))."""
     assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
-    rtol, atol = TOL[dtype]
+    rtol, atol = tolerance("layernorm", dtype, actual.device)
     scale = expected.detach().abs().max().item() if expected.numel() else 1.0
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol * max(scale, 1.0), msg=lambda m: f"{what}: {m}")
 
 
-def make_inputs(shape, dtype, *, residual=True, bias=True, param_dtype=None, offset=0.0, scale=1.0, seed=0, device="cpu"):
+def make_inputs(shape, dtype, *, residual=True, bias=True, param_dtype=None, offset=0.0, scale=1.0, seed=0,
+                device=DEVICE):
     gen = torch.Generator().manual_seed(seed)
     n_cols = shape[-1]
     param_dtype = param_dtype or dtype
@@ -76,9 +79,9 @@ def test_matches_reference(dtype, residual, bias, return_sum):
     check_against_reference(x, r, w, b, return_sum=return_sum, dtype=dtype)
 
 
-@pytest.mark.parametrize("n_cols", [1, 7, 128, 768, 1000])
+@pytest.mark.parametrize("n_cols", [1, 7, 128, 768, 1000, *sized([], [4096, 16384])])
 def test_feature_sizes(n_cols):
-    x, r, w, b = make_inputs((4, n_cols), torch.float32, seed=n_cols)
+    x, r, w, b = make_inputs((sized(4, 300), n_cols), torch.float32, seed=n_cols)
     check_against_reference(x, r, w, b, return_sum=True, dtype=torch.float32)
 
 
@@ -92,7 +95,7 @@ def test_large_offset_matches_float64():
     """A 1e4 offset on unit-scale rows: the kernel stays at float64 accuracy (torch's fp32 does not)."""
     x, r, w, b = make_inputs((6, 300), torch.float32, offset=1e4)
     out = add_layer_norm(x, r, w, b)
-    upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(3))
+    upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(3)).to(DEVICE)
     grads = torch.autograd.grad(out, (x, r, w, b), upstream)
 
     summed = (x + r).detach().double().requires_grad_()  # the same fp32-rounded sum
@@ -140,7 +143,7 @@ def test_constant_rows():
 
 
 def test_strided_rows_and_three_dims():
-    base = torch.randn(6, 160, generator=torch.Generator().manual_seed(5))
+    base = torch.randn(6, 160, generator=torch.Generator().manual_seed(5)).to(DEVICE)
     x = base[:, :100].requires_grad_()  # row stride 160, not 100
     assert not x.is_contiguous()
     _, r, w, b = make_inputs((6, 100), torch.float32)
@@ -152,7 +155,7 @@ def test_only_one_output_used(use_out):
     x, r, w, b = make_inputs((3, 48), torch.float32)
     out, summed = add_layer_norm(x, r, w, b, return_sum=True)
     ref_out, ref_sum = add_layer_norm_reference(x, r, w, b, return_sum=True)
-    weights = torch.linspace(-1, 1, 48)
+    weights = torch.linspace(-1, 1, 48, device=DEVICE)
     # An unused output gets no gradient at all (not a zero one) from autograd.
     loss = (out * weights).sum() if use_out else (summed * weights).sum()
     ref_loss = (ref_out * weights).sum() if use_out else (ref_sum * weights).sum()
@@ -169,12 +172,12 @@ def test_empty_input():
     assert out.shape == (0, 32)
     dx, dr, dw, db = torch.autograd.grad(out.sum(), (x, r, w, b))
     assert dx.shape == (0, 32) and dr.shape == (0, 32)
-    assert torch.equal(dw, torch.zeros(32)) and torch.equal(db, torch.zeros(32))
+    assert torch.equal(dw, torch.zeros(32, device=DEVICE)) and torch.equal(db, torch.zeros(32, device=DEVICE))
 
 
 def test_backward_is_deterministic():
     x, r, w, b = make_inputs((37, 130), torch.float32)
-    upstream = torch.randn(37, 130, generator=torch.Generator().manual_seed(9))
+    upstream = torch.randn(37, 130, generator=torch.Generator().manual_seed(9)).to(DEVICE)
     runs = []
     for _ in range(2):
         out = add_layer_norm(x, r, w, b)
@@ -187,13 +190,13 @@ def test_autocast_matches_reference():
     """Under autocast the dtypes and values follow the reference: bf16 x, fp32 residual and params."""
     x, _, w, b = make_inputs((4, 80), torch.bfloat16, param_dtype=torch.float32)
     _, r, _, _ = make_inputs((4, 80), torch.float32, seed=2)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
         out, summed = add_layer_norm(x, r, w, b, return_sum=True)
         ref_out, ref_sum = add_layer_norm_reference(x, r, w, b, return_sum=True)
     assert out.dtype == torch.bfloat16 and summed.dtype == torch.float32
     assert_close(out, ref_out, torch.bfloat16, "out")
     assert_close(summed, ref_sum, torch.float32, "sum")
-    upstream = (torch.randn(4, 80).to(torch.bfloat16), torch.randn(4, 80))
+    upstream = (torch.randn(4, 80).to(DEVICE, torch.bfloat16), torch.randn(4, 80).to(DEVICE))
     grads = torch.autograd.grad((out, summed), (x, r, w, b), upstream)
     ref_grads = torch.autograd.grad((ref_out, ref_sum), (x, r, w, b), upstream)
     for g, e in zip(grads, ref_grads):
@@ -222,7 +225,7 @@ def test_torch_compile_fullgraph():
     # aot_eager traces the op through its fake impl and registered autograd like inductor
     # does, without inductor's CPU C++ build (tens of seconds); the GPU test uses inductor.
     torch._dynamo.reset()
-    _compiled_matches_eager("cpu", "aot_eager")
+    _compiled_matches_eager(DEVICE, "aot_eager")
 
 
 def test_rejects_bad_shapes():
