@@ -33,3 +33,22 @@ bench: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache
+
+# One prepared, offline, time-boxed check on a GPU machine (see benchmarks/gpu_check.py):
+#   make gpu-check                      - kernels' correctness, the model step, pytest, benchmarks
+#   make gpu-check GPU_CHECK_DRY=1      - the same control flow on the CPU in about a minute
+# It installs nothing: the system python3 (with CUDA torch and triton) imports the working tree.
+# The dry run uses .venv/bin/python when it exists (the .venv's torch is a CPU build).
+GPU_CHECK_DRY ?=
+GPU_CHECK_MINUTES ?= 9
+ifeq ($(filter 1 yes true,$(GPU_CHECK_DRY)),)
+GPU_PYTHON ?= $(PYTHON)
+GPU_CHECK_OUT ?= benchmarks/results
+else
+GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+GPU_CHECK_OUT ?= build/gpu-check-dry
+endif
+
+.PHONY: gpu-check
+gpu-check:
+	$(GPU_PYTHON) benchmarks/gpu_check.py --out "$(GPU_CHECK_OUT)" --minutes "$(GPU_CHECK_MINUTES)" $(if $(filter 1 yes true,$(GPU_CHECK_DRY)),--dry-run)

@@ -34,9 +34,9 @@ _SYLLABLES = ("ka ri to ne sa lu mo vi pe da te gor ban el is on ar th st qu ing
 def _sizes(settings: Settings) -> dict:
     if settings.quick:
         return dict(text_bytes=200_000, vocab=512, train_lines=2000, repeats=2, shard_tokens=1 << 12,
-                    batches=10, rounds=3)
+                    batches=10, rounds=3, ratio_bytes=2_000_000)
     return dict(text_bytes=4_000_000, vocab=2000, train_lines=20000, repeats=3, shard_tokens=1 << 17,
-                batches=50, rounds=10)
+                batches=50, rounds=10, ratio_bytes=40_000_000)
 
 
 def generated_documents(n_bytes: int, seed: int = 0) -> list[list[str]]:
@@ -125,6 +125,34 @@ def _reader_case(shard_dir: Path, sizes: dict, settings: Settings) -> dict:
     return case
 
 
+def _tokenize_vs_raw_encode(root: Path, tokenizer_path: Path, sizes: dict) -> dict:
+    """`tokenize_corpus` end to end against SentencePiece's own batch encode of the same lines.
+
+    Both run on all cores over one generated corpus, alternately, ``repeats`` times; the fastest
+    of each is kept (the least disturbed by other load), and the ratio of the two rates recorded.
+    """
+    corpus = root / "ratio-corpus.txt"
+    n_bytes = write_corpus(corpus, sizes["ratio_bytes"])
+    threads = usable_cpus()
+    with open(corpus, encoding="utf-8") as handle:
+        lines = [line for line in handle.read().split("\n") if line.strip()]
+    tokenizer = SentencePieceTokenizer(tokenizer_path)
+    raw, end_to_end = [], []
+    for _ in range(sizes["repeats"]):
+        start = time.perf_counter()
+        tokenizer.encode_batch(lines, num_threads=threads)
+        raw.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        tokenize_corpus([str(corpus)], root / "ratio-shards", tokenizer=tokenizer_path, num_threads=threads,
+                        overwrite=True, show_progress=False)
+        end_to_end.append(time.perf_counter() - start)
+    corpus.unlink()
+    raw_rate, tokenize_rate = n_bytes / 1e6 / min(raw), n_bytes / 1e6 / min(end_to_end)
+    return {"text_bytes": n_bytes, "threads": threads, "repeats": sizes["repeats"],
+            "raw_encode_mb_per_s": raw_rate, "tokenize_mb_per_s": tokenize_rate, "ratio": tokenize_rate / raw_rate,
+            "raw_seconds": raw, "tokenize_seconds": end_to_end}
+
+
 def write_corpus(path: Path, n_bytes: int, block_bytes: int = 32_000_000) -> int:
     """Stream about ``n_bytes`` of generated documents to ``path`` (blocks of fresh text, never all in memory)."""
     written, seed = 0, 1
@@ -171,7 +199,8 @@ def _brief(record: dict, key: str, unit: str) -> str:
 
 
 def run_data(settings: Settings) -> dict:
-    """Tokenizer encode MB/s (1 thread, all cores), shard-reader tokens/s, and `gpt1 tokenize` peak RSS."""
+    """Tokenizer encode MB/s (1 thread, all cores; and `tokenize` end to end against it), shard-reader
+    tokens/s, and `gpt1 tokenize` peak RSS."""
     sizes = _sizes(settings)
     cases: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="gpt1-bench-data-") as tmp:
@@ -197,4 +226,14 @@ def run_data(settings: Settings) -> dict:
         else:
             cases.append(_reader_case(shard_dir, sizes, settings))
         cases.append(_tokenize_memory_case(root, settings))
+        # Last: its raw encode holds a big corpus in this process, and a child's peak RSS (the memory
+        # case) would start from this process's.
+        ratio = guarded(settings, lambda: _tokenize_vs_raw_encode(root, tokenizer_path, sizes))
+        cases[0]["tokenize_vs_raw_encode"] = ratio
+        if "ratio" in ratio:
+            settings.log(f"data tokenize vs raw encode ({ratio['text_bytes'] / 1e6:.0f} MB, {ratio['threads']} threads): "
+                         f"{ratio['tokenize_mb_per_s']:.2f} vs {ratio['raw_encode_mb_per_s']:.2f} MB/s, "
+                         f"ratio {ratio['ratio']:.2f}")
+        else:
+            settings.log(f"data tokenize vs raw encode: {_brief(ratio, 'ratio', '')}")
     return {"cases": cases}

@@ -20,6 +20,7 @@ import gc
 import math
 import os
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
@@ -257,11 +258,23 @@ def free_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def _forget_kernel_path() -> None:
+    """Make the ops interface read ``GPT1_KERNELS`` again, should it keep a resolved path.
+
+    Calls ``gpt1cli.model.ops.reset_kernel_path()`` when ops is imported and has one; an ops
+    module that reads the variable at every call needs nothing."""
+    ops = sys.modules.get("gpt1cli.model.ops")
+    reset = getattr(ops, "reset_kernel_path", None)
+    if callable(reset):
+        reset()
+
+
 @contextlib.contextmanager
 def kernel_path(choice: str) -> Iterator[None]:
-    """Set ``GPT1_KERNELS`` (read by the ops interface at each call) for the block."""
+    """Set ``GPT1_KERNELS`` for the block (and let the ops interface resolve it anew)."""
     before = os.environ.get("GPT1_KERNELS")
     os.environ["GPT1_KERNELS"] = choice
+    _forget_kernel_path()
     try:
         yield
     finally:
@@ -269,6 +282,7 @@ def kernel_path(choice: str) -> Iterator[None]:
             os.environ.pop("GPT1_KERNELS", None)
         else:
             os.environ["GPT1_KERNELS"] = before
+        _forget_kernel_path()
 
 
 def autocast_for(settings: Settings):

@@ -55,12 +55,14 @@ def _save(plt, fig, path: Path, written: list[Path]) -> None:
 
 
 def _kernel_charts(plt, results: dict, stem: Path, written: list[Path]) -> None:
+    from .report import kernel_group
+
     section = results["sections"].get("kernels", {})
     groups: dict[tuple, list[dict]] = {}
     for case in section.get("cases", []):
-        groups.setdefault((case["op"], case["mode"]), []).append(case)
+        groups.setdefault(kernel_group(case), []).append(case)
     device = results.get("env", {}).get("device_name", "")
-    for (op, mode), cases in groups.items():
+    for (op, mode, dropout), cases in groups.items():
         xlabel, x_of, ykey, ylabel = _KERNEL_AXES.get(op, ("case", lambda c: 0, "median_ms", "time (ms)"))
         vocabs = {case["shape"].get("vocab") for case in cases}
         lines: dict[str, list[tuple[float, float]]] = {}
@@ -83,13 +85,14 @@ def _kernel_charts(plt, results: dict, stem: Path, written: list[Path]) -> None:
             ax.set_yscale("log")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
-        title = f"{op} {mode} ({cases[0].get('dtype')})"
+        title = f"{op} {mode}" + (f", dropout {dropout:g}" if dropout else "") + f" ({cases[0].get('dtype')})"
         if op == "cross-entropy" and len(vocabs) == 1:
             title += f", vocab {vocabs.pop()}"
         ax.set_title(f"{title}\n{device}", fontsize=10)
         ax.grid(True, alpha=0.3)
         ax.legend()
-        _save(plt, fig, stem.with_name(f"{stem.name}-{_slug(op)}-{_slug(mode)}.png"), written)
+        suffix = f"-dropout-{_slug(f'{dropout:g}')}" if dropout else ""
+        _save(plt, fig, stem.with_name(f"{stem.name}-{_slug(op)}-{_slug(mode)}{suffix}.png"), written)
 
 
 def _train_chart(plt, results: dict, stem: Path, written: list[Path]) -> None:

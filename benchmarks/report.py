@@ -19,6 +19,7 @@ from .env import RESULTS_DIR
 
 SCHEMA = "gpt1-bench"
 SECTION_ORDER = ("kernels", "train", "data", "generate")
+GPU_CHECK = "gpu-check"  # the ``gpu_check`` key written by ``make gpu-check``
 INTERPRETER = "interpreter"
 DASH = "-"
 
@@ -101,7 +102,8 @@ def _shape_text(case: dict) -> str:
     op = case["op"]
     if op.startswith("attention"):
         text = f"B={shape['B']} H={shape['H']} T={shape['T']} D={shape['D']}"
-        return text + (f" w={shape['window']}" if shape.get("window") else "")
+        text += f" w={shape['window']}" if shape.get("window") else ""
+        return text + (f" p={shape['dropout']:g}" if shape.get("dropout") else "")
     if op == "layernorm":
         return f"{shape['rows']}x{shape['cols']}"
     if op == "cross-entropy":
@@ -109,15 +111,21 @@ def _shape_text(case: dict) -> str:
     return json.dumps(shape)
 
 
+def kernel_group(case: dict) -> tuple[str, str, float]:
+    """Cases shown together: same op and mode, and the same attention dropout (0 when none)."""
+    return case["op"], case["mode"], float(case.get("shape", {}).get("dropout") or 0.0)
+
+
 def kernel_tables(section: dict) -> list[Table]:
-    groups: dict[tuple[str, str], list[dict]] = {}
+    groups: dict[tuple[str, str, float], list[dict]] = {}
     for case in section.get("cases", []):
-        groups.setdefault((case["op"], case["mode"]), []).append(case)
+        groups.setdefault(kernel_group(case), []).append(case)
     tables = []
-    for (op, mode), cases in groups.items():
+    for (op, mode, dropout), cases in groups.items():
         rate_key, rate_name = ("gbps", "GB/s") if op == "layernorm" else ("tflops", "TFLOP/s")
         dtype = cases[0].get("dtype", "")
-        table = Table(f"{op} {mode} ({dtype})",
+        title = f"{op} {mode}" + (f", dropout {dropout:g}" if dropout else "")
+        table = Table(f"{title} ({dtype})",
                       ["shape", "impl", "median ms", rate_name, "peak MiB", "vs eager", "note"],
                       numeric={2, 3, 4, 5})
         for case in cases:
@@ -209,6 +217,50 @@ def generate_tables(section: dict) -> list[Table]:
     return [table]
 
 
+def gpu_check_tables(check: dict) -> list[Table]:
+    """The ``gpu_check`` key of a ``make gpu-check`` results file: correctness, the model step,
+    pytest and the performance targets (already judged when the file was written)."""
+    tables = []
+    cases = check.get("correctness", {}).get("cases", [])
+    if cases:
+        table = Table("gpu-check: kernels against the PyTorch references (worst error / tolerance, <= 1 passes)",
+                      ["kernel", "dtype", "config", "shape", "status", "worst ratio", "note"], numeric={5})
+        for case in cases:
+            shape = case.get("shape") or {}
+            ratio = case.get("worst_ratio")
+            note = case.get("error") or case.get("reason") or ", ".join(case.get("failed_tensors", []))
+            table.rows.append([case["kernel"], case["dtype"], case.get("config", "fixed"),
+                               " ".join(f"{k}={v}" for k, v in shape.items() if v not in (None, 0, 0.0)),
+                               case.get("status", "?"), DASH if ratio is None else f"{ratio:.3g}", note])
+        tables.append(table)
+    rows = []
+    model = check.get("model_check") or {}
+    comparison = model.get("comparison")
+    if comparison:
+        rows.append(["model train step, Triton vs torch path", comparison["status"],
+                     f"{comparison['dtype']}: loss {comparison['triton_loss']:.5g} vs {comparison['torch_loss']:.5g} "
+                     f"(rel {comparison['loss_rel_diff']:.1e}), min grad cosine {comparison['min_grad_cosine']:.5f}"])
+    elif model:
+        rows.append(["model train step, Triton vs torch path", model.get("status") or "?", model.get("error") or ""])
+    pytest = check.get("pytest")
+    if pytest:
+        rows.append([f"pytest {pytest.get('command', 'tests/kernels').removeprefix('pytest ')}",
+                     "failed" if pytest["failed"] or pytest["errors"] else ("timeout" if pytest.get("timed_out") else "ok"),
+                     f"{pytest['passed']} passed, {pytest['failed']} failed, {pytest['errors']} errors, "
+                     f"{pytest['skipped']} skipped"])
+    for name, stage in check.get("stages", {}).items():
+        if stage.get("status") not in ("ok", "failed"):
+            rows.append([f"stage {name}", stage.get("status", "?"), stage.get("reason", "")])
+    if rows:
+        tables.append(Table("gpu-check: model step, pytest, unfinished stages", ["check", "status", "detail"], rows))
+    targets = check.get("targets", [])
+    if targets:
+        marks = {True: "met", False: "NOT MET", None: "n/a"}
+        tables.append(Table("gpu-check: performance targets", ["target", "need", "result", "measured"],
+                            [[t["title"], t["need"], marks[t["met"]], t["detail"]] for t in targets]))
+    return tables
+
+
 _SECTION_TABLES = {"kernels": kernel_tables, "train": train_tables, "data": data_tables, "generate": generate_tables}
 
 
@@ -264,6 +316,9 @@ def render_markdown(results: dict, sections: list[str] | None = None) -> str:
             continue
         for table in section_tables(name, results["sections"][name]):
             out += [markdown_table(table), ""]
+    if results.get("gpu_check") and (not sections or GPU_CHECK in sections):
+        for table in gpu_check_tables(results["gpu_check"]):
+            out += [markdown_table(table), ""]
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -304,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"results file, or a directory whose newest GPU results file is used (default: {RESULTS_DIR})")
     parser.add_argument("--any-device", action="store_true",
                         help="with a directory, also consider CPU results files (default: GPU files only)")
-    parser.add_argument("--section", action="append", choices=SECTION_ORDER,
+    parser.add_argument("--section", action="append", choices=(*SECTION_ORDER, GPU_CHECK),
                         help="only this section (repeatable; default: all)")
     args = parser.parse_args(argv)
     try:

@@ -42,6 +42,7 @@ PATHS = (
     ("ours+compile", "triton", True),
 )
 GPT1_VOCAB = 40478
+MFU_FORMULA = "(6 x params + 12 x layers x d_model x n_ctx) x tokens/s / peak bf16 FLOP/s"
 
 
 @dataclass(frozen=True)
@@ -136,11 +137,22 @@ def _time_steps(case: TrainCase, settings: Settings, choice: str, compiled: bool
     return record
 
 
-def run_train(settings: Settings) -> dict:
-    """Training-step throughput of each path for each preset."""
+def skip_reason(settings: Settings, path: str) -> str | None:
+    """Why the path named ``path`` (one of ``PATHS``) is not run here, or None."""
+    for name, choice, compiled in PATHS:
+        if name == path:
+            return _skip_reason(settings, choice, compiled)
+    raise ValueError(f"unknown training path {path!r}")
+
+
+def run_train(settings: Settings, cases: list[TrainCase] | None = None, paths: list[str] | None = None) -> dict:
+    """Training-step throughput of each path (or the named ``paths``) for each preset (or ``cases``).
+
+    The GPU check runs one path per process (``paths=[name]``) and merges the records with
+    :func:`derive`, so a path that crashes the process or outlasts its time costs only itself."""
     peak = peak_bf16_flops(device_name(settings.device)) if settings.cuda else None
-    cases = []
-    for case in train_cases(settings):
+    results = []
+    for case in train_cases(settings) if cases is None else cases:
         config = preset(case.preset, case.vocab_size)
         tokens = case.batch_size * config.n_ctx
         entry = {
@@ -151,6 +163,8 @@ def run_train(settings: Settings) -> dict:
             "baseline": BASELINE, "impls": {},
         }
         for name, choice, compiled in PATHS:
+            if paths is not None and name not in paths:
+                continue
             reason = _skip_reason(settings, choice, compiled)
             if reason:
                 record = {"skipped": reason}
@@ -164,9 +178,8 @@ def run_train(settings: Settings) -> dict:
             settings.log(f"train {case.preset} {name}: "
                          + (f"{record['median_ms']:.4g} ms/step" if "median_ms" in record
                             else record.get("error") or record.get("skipped")))
-        cases.append(derive(entry))
-    return {"mfu_formula": "(6 x params + 12 x layers x d_model x n_ctx) x tokens/s / peak bf16 FLOP/s",
-            "cases": cases}
+        results.append(derive(entry))
+    return {"mfu_formula": MFU_FORMULA, "cases": results}
 
 
 def derive(entry: dict) -> dict:
