@@ -8,7 +8,7 @@ import string
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from gpt1cli.cli.app import main
@@ -178,3 +178,141 @@ def test_vocabulary_smaller_than_the_specials_is_refused(tmp_path_factory, capsy
     assert exit_info.value.code == 2
     assert "--vocab-size" in capsys.readouterr().err
     assert not (root / "out" / "manifest.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile inputs: JSON bombs, byte-order marks, names that leave their folder, absurd numbers
+
+BOMB_LINES = st.one_of(
+    st.integers(4400, 6000).map(lambda n: '{"text": "a", "n": ' + "9" * n + "}"),
+    # deeper than any recursion limit a test runs under (hypothesis raises it to a few thousand)
+    st.integers(5000, 40_000).map(lambda d: '{"text": ' + "[" * d + "]" * d + "}"),
+    st.integers(5000, 40_000).map(lambda d: "[" * d),
+    st.integers(5000, 20_000).map(lambda d: '{"a": ' * d + "1" + "}" * d),
+)
+FINE_LINES = st.text(string.ascii_letters + " ", min_size=1, max_size=30).map(lambda t: json.dumps({"text": t}))
+BOM = b"\xef\xbb\xbf"
+
+
+def clear_error(action) -> str | None:
+    """The message of the one Gpt1Error ``action`` raises, or None when it succeeds."""
+    try:
+        action()
+    except Gpt1Error as exc:
+        message = str(exc)
+        assert message and "\n" not in message and "Traceback" not in message
+        return message
+    return None
+
+
+@FUZZ
+@given(lines=st.lists(st.one_of(BOMB_LINES, FINE_LINES), min_size=1, max_size=4), bom=st.booleans())
+def test_jsonl_corpus_with_json_bombs(tmp_path_factory, lines, bom):
+    path = tmp_path_factory.mktemp("bomb") / "corpus.jsonl"
+    path.write_bytes((BOM if bom else b"") + "\n".join(lines).encode() + b"\n")
+    message = clear_error(lambda: list(iter_documents([path])))
+    bombs = [number for number, line in enumerate(lines, start=1) if '"text": "a", "n"' in line or line.startswith("[")
+             or line.startswith('{"a"') or line.startswith('{"text": [')]
+    if bombs:
+        assert message is not None and message.startswith(f"{path}:{bombs[0]}: ")
+    else:
+        assert message is None
+
+
+@FUZZ
+@given(text=st.text(st.sampled_from("ab \t\n\r\x00é\u3000\ufeff"), max_size=60), suffix=st.sampled_from([".txt", ".jsonl"]))
+def test_a_bom_reads_exactly_like_the_file_without_it(tmp_path_factory, text, suffix):
+    assume(not text.startswith("\ufeff"))  # a file that starts with a BOM of its own
+    folder = tmp_path_factory.mktemp("bom")
+    body = text.encode() if suffix == ".txt" else (json.dumps({"text": text}) + "\n").encode()
+    plain, marked = folder / f"plain{suffix}", folder / f"marked{suffix}"
+    plain.write_bytes(body)
+    marked.write_bytes(BOM + body)
+    documents = [(d.lines, d.n_bytes) for d in iter_documents([plain])]
+    assert [(d.lines, d.n_bytes) for d in iter_documents([marked])] == documents
+
+
+ESCAPING_NAMES = st.one_of(
+    st.sampled_from(["/etc/passwd", "../x", "..", ".", "", "a/b", ".hidden", "x\\y", "tok\x00.model", "/",
+                     "../../manifest.json", "./train_00000.arrow"]),
+    st.text(max_size=10).map(lambda t: "../" + t),
+    st.text(max_size=10).map(lambda t: "/" + t),
+    st.text(min_size=1, max_size=10).map(lambda t: t + "/x"),
+    st.text(max_size=8).map(lambda t: "." + t),
+)
+
+
+@DEEP
+@given(name=ESCAPING_NAMES, where=st.integers(0, 10**6))
+def test_manifest_names_that_leave_the_folder(assets, tmp_path_factory, name, where):
+    directory = tmp_path_factory.mktemp("n") / "shards"
+    shutil.copytree(assets["shards"], directory)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    places = [manifest["tokenizer"]] + [s for split in manifest["splits"].values() for s in split["shards"]]
+    places[where % len(places)]["file"] = name
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    message = clear_error(lambda: ShardDataset(directory))
+    assert message is not None and "not a plain file name in its folder" in message
+
+
+ABSURD_NUMBERS = st.sampled_from([float("nan"), float("inf"), float("-inf"), 1e308, -1, -(10**30), 10**30, True])
+
+
+@DEEP
+@given(choice=st.integers(0, 10**6), value=ABSURD_NUMBERS)
+def test_manifest_numbers_that_are_not_finite_or_absurd(assets, tmp_path_factory, choice, value):
+    directory = tmp_path_factory.mktemp("x") / "shards"
+    shutil.copytree(assets["shards"], directory)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    numbers = [path for path in _mutations(manifest) if path and isinstance(_value_at(manifest, path), (int, float))]
+    path = numbers[choice % len(numbers)]
+    (directory / "manifest.json").write_text(json.dumps(_mutate(manifest, path, value)))  # NaN/Infinity as Python writes them
+    message = clear_error(lambda: ShardDataset(directory))
+    assert message is not None, f"{'.'.join(map(str, path))} = {value!r} was accepted"
+
+
+def _value_at(document, path):
+    for key in path:
+        document = document[key]
+    return document
+
+
+def _reference_txt_documents(raw: bytes) -> list[tuple[list[str], int]]:
+    """The one-line-at-a-time reader the chunked one replaced (documents and their bytes)."""
+    import io
+
+    documents, lines, size = [], [], 0
+    for line in io.BytesIO(raw[3:] if raw.startswith(BOM) else raw):
+        text = line.decode("utf-8").replace("\x00", "").rstrip("\r\n")
+        if text.strip():
+            lines.append(text)
+            size += len(line)
+        elif lines:
+            documents.append((lines, size))
+            lines, size = [], 0
+    if lines:
+        documents.append((lines, size))
+    return documents
+
+
+@DEEP
+@given(text=st.lists(st.sampled_from(["a", "b", " ", "\n", "\n\n", "\r", "\x00", "é", "\u3000", "\t", "\x85", "🙂",
+                                      "word "]), max_size=80).map("".join),
+       bom=st.booleans(), read=st.integers(1, 40), batch=st.integers(1, 60))
+def test_chunked_txt_reading_matches_line_by_line_reading(tmp_path_factory, text, bom, read, batch):
+    import gpt1cli.data.corpus as corpus
+
+    path = tmp_path_factory.mktemp("chunks") / "c.txt"
+    raw = (BOM if bom else b"") + text.encode()
+    path.write_bytes(raw)
+    saved = corpus.READ_BYTES, corpus.BATCH_BYTES
+    corpus.READ_BYTES, corpus.BATCH_BYTES = read, batch
+    try:
+        documents = [(d.lines, d.n_bytes) for d in iter_documents([path])]
+        batches = list(corpus.iter_text_batches([path]))
+    finally:
+        corpus.READ_BYTES, corpus.BATCH_BYTES = saved
+    assert documents == _reference_txt_documents(raw)
+    assert sum(b.input_bytes for b in batches) == len(raw)
+    assert sum(sum(b.sizes) for b in batches) == sum(n for _, n in documents)
+    assert all(a.open_end == b.open_start for a, b in zip(batches, batches[1:]))

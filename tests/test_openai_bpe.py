@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -170,3 +171,23 @@ def test_learned_toy_vocabulary_has_the_release_shape():
     vocab, merges = learn_bpe(["The cat sat. The cat ran."], 5)
     assert vocab[-1] == NEWLINE_TOKEN and len(merges) == 5
     assert all(a + b in vocab for a, b in merges)
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"a": ' + "9" * 5000 + "}", "holds a value JSON cannot be read into"),
+    ("[" * 100_000 + "]" * 100_000, "is nested too deeply"),
+], ids=["huge-id", "deep-nesting"])
+def test_json_bombs_in_a_release_encoder_are_one_clear_error(tmp_path, content, message):
+    folder = tmp_path / "release"
+    write_release_tokenizer(folder, *toy_bpe())
+    (folder / "encoder_bpe_40000.json").write_text(content)
+    with pytest.raises(Gpt1Error, match=f"cannot read the encoder .*: the file {message}"):
+        OpenAIBPETokenizer.from_release_dir(folder)
+
+
+def test_release_files_with_a_byte_order_mark(release, tok, tmp_path):
+    folder = tmp_path / "with-bom"
+    shutil.copytree(release, folder)
+    for path in folder.iterdir():
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert OpenAIBPETokenizer.from_release_dir(folder).to_bytes() == tok.to_bytes()

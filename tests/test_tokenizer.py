@@ -127,3 +127,30 @@ def test_vocabulary_too_small_for_the_corpus_characters_advises_a_larger_one(tmp
     line = helpers.assert_one_error_line(result, f"--vocab-size {MIN_VOCAB}")
     assert "try a smaller value" not in line, f"the advice points the wrong way: {line}"
     assert not (tmp_path / "o" / "manifest.json").exists()
+
+
+def test_a_device_fifo_or_directory_as_tokenizer_is_named_for_what_it_is(tmp_path, assets, capsys):
+    import os
+    import time
+
+    fifo = tmp_path / "tok.model"
+    os.mkfifo(fifo)
+    for path, kind in ((fifo, "not a regular file"), (tmp_path / "ft.json", "not a regular file"),
+                       ("/dev/zero", "not a regular file"), (tmp_path, "a directory")):
+        if str(path).endswith("ft.json"):
+            os.mkfifo(path)  # the JSON loader would block reading it
+        started = time.perf_counter()
+        result = helpers.run_main(["tokenize", assets.corpus, "--out", tmp_path / "o", "--tokenizer", path, "-q"], capsys)
+        assert time.perf_counter() - started < 10
+        helpers.assert_one_error_line(result, f"tokenizer {path} is {kind}")
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_input_while_training_raises_its_own_error_and_writes_no_model(tmp_path):
+    def sentences():
+        yield from ["the cat sat on the mat"] * 2000
+        raise Gpt1Error("bad.txt: invalid UTF-8 at byte 7")
+
+    with pytest.raises(Gpt1Error, match="bad.txt: invalid UTF-8 at byte 7"):
+        train_sentencepiece(sentences(), tmp_path / "t.model", 300, num_threads=1)
+    assert not (tmp_path / "t.model").exists()

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..errors import Gpt1Error
-from ..fileio import atomic_write_bytes, file_hash, read_json
+from ..fileio import atomic_write_bytes, file_hash, parse_json, read_json
 from .tokenizer import SpecialTokenIds
 
 ENCODER_NAMES = ("encoder_bpe_40000.json", "vocab.json")
@@ -186,8 +186,12 @@ def _find(folder: Path, names: tuple[str, ...], what: str) -> Path:
 def read_encoder(path: Path) -> list[str]:
     """The vocabulary of an encoder JSON as tokens in id order (aliases of an id are dropped)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise Gpt1Error(f"cannot read the encoder {path}: {exc}") from None
+    try:
+        data = parse_json(text, "the file")  # also a 5000-digit id or nesting deep enough to exhaust the stack
+    except Gpt1Error as exc:
         raise Gpt1Error(f"cannot read the encoder {path}: {exc}") from None
     if not isinstance(data, dict) or not data:
         raise Gpt1Error(f"the encoder {path} is not a JSON object of token -> id: it is corrupt or another format")
@@ -206,7 +210,7 @@ def read_encoder(path: Path) -> list[str]:
 def read_merges(path: Path) -> list[tuple[str, str]]:
     """Merge pairs in rank order from a merges file (a ``#version`` header line, then ``a b`` lines)."""
     try:
-        lines = path.read_text(encoding="utf-8").split("\n")
+        lines = path.read_text(encoding="utf-8-sig").split("\n")
     except (OSError, UnicodeDecodeError) as exc:
         raise Gpt1Error(f"cannot read the merges {path}: {exc}") from None
     if lines and lines[0].startswith("#"):

@@ -8,6 +8,7 @@ symbols never come out of encoding text: only code places them.
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -20,6 +21,18 @@ CONTROL_SYMBOLS = (START, DELIM, EXTRACT)
 # SentencePiece skips training sentences longer than this (bytes); the corpus reader splits them.
 MAX_SENTENCE_BYTES = 4192
 MIN_VOCAB = 256 + 6 + 2  # byte fallback pieces + reserved ids + room for merges
+MAX_VOCAB = 1 << 22  # far beyond any real tokenizer; a larger number is a mistake, not a request
+
+
+def check_vocab_size(vocab_size) -> int:
+    """``--vocab-size`` of a tokenizer to train: a whole number from MIN_VOCAB to MAX_VOCAB."""
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
+        raise Gpt1Error(f"--vocab-size must be a whole number, got {vocab_size!r}")
+    if vocab_size < MIN_VOCAB:
+        raise Gpt1Error(f"--vocab-size {vocab_size} is too small: it must hold 256 byte pieces and 6 special tokens (use >= {MIN_VOCAB})")
+    if vocab_size > MAX_VOCAB:
+        raise Gpt1Error(f"--vocab-size {vocab_size} is too large (use <= {MAX_VOCAB:,})")
+    return vocab_size
 
 
 class SpecialTokenIds:
@@ -70,6 +83,7 @@ class SentencePieceTokenizer(SpecialTokenIds):
             self._sp.Load(str(self.path))
         except (OSError, RuntimeError):
             raise Gpt1Error(f"{self.path} is not a SentencePiece model (corrupt or another format)") from None
+        self._numpy_output: bool | None = None
         self.specials = {}
         for name, piece in (("pad", PAD), ("eos", EOS), ("start", START), ("delim", DELIM), ("extract", EXTRACT)):
             token = self._sp.PieceToId(piece)
@@ -98,6 +112,19 @@ class SentencePieceTokenizer(SpecialTokenIds):
         """Encode many texts at once on ``num_threads`` threads (0: all cores)."""
         return self._sp.Encode(texts, num_threads=num_threads)
 
+    def encode_arrays(self, texts: list[str], num_threads: int = 0) -> list:
+        """:meth:`encode_batch` as int32 numpy arrays, without a Python int per token where SentencePiece can."""
+        import numpy as np
+
+        if self._numpy_output is None:
+            try:  # sentencepiece >= 0.2.1 returns numpy buffers; older ones only lists
+                self._numpy_output = len(self._sp.encode(["a"], out_type="numpy")) == 1
+            except Exception:  # noqa: BLE001 - any failure means: not supported
+                self._numpy_output = False
+        if self._numpy_output:
+            return self._sp.encode(texts, num_threads=num_threads, out_type="numpy")
+        return [np.asarray(ids, dtype=np.int32) for ids in self._sp.Encode(texts, num_threads=num_threads)]
+
     def decode(self, ids: Iterable[int]) -> str:
         return self._sp.Decode([int(i) for i in ids])
 
@@ -114,18 +141,19 @@ def train_sentencepiece(
 
     At most ``max_sentences`` are sampled (SentencePiece keeps its sample in memory).
     """
-    import os
-
     import sentencepiece as spm
 
-    if vocab_size < MIN_VOCAB:
-        raise Gpt1Error(f"--vocab-size {vocab_size} is too small: it must hold 256 byte pieces and 6 special tokens (use >= {MIN_VOCAB})")
+    check_vocab_size(vocab_size)
+    for value, name, low in ((max_sentences, "--max-train-sentences", 1), (num_threads, "--threads", 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value < 2**31:
+            raise Gpt1Error(f"{name} must be a whole number from {low} to {2**31 - 1}, got {value!r}")
     seen = 0
     failure: BaseException | None = None
 
     def counted():
-        # SentencePiece turns an exception raised in here into a RuntimeError without our message:
-        # keep it and raise it ourselves after training returns.
+        # SentencePiece turns an exception raised in here into a RuntimeError without our message
+        # (and stops at once: Ctrl-C or bad input does not wait for training on a partial sample):
+        # keep it and raise it ourselves.
         nonlocal seen, failure
         try:
             for sentence in sentences:
@@ -133,6 +161,7 @@ def train_sentencepiece(
                 yield sentence
         except BaseException as exc:  # noqa: BLE001 - re-raised below
             failure = exc
+            raise
 
     model = io.BytesIO()
     try:
@@ -177,11 +206,26 @@ def train_sentencepiece(
 OPENAI_PREFIX = "openai:"
 
 
+def _check_not_special(path: Path) -> None:
+    """A device or FIFO named as a tokenizer is refused by what it is (reading a FIFO would block)."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # missing or unreadable: the loaders say so
+    if not stat.S_ISREG(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file (a device, FIFO or socket)"
+        raise Gpt1Error(f"tokenizer {path} is {kind}: name a .model or .json file, or openai:DIR for a release folder")
+
+
 def load_tokenizer(spec: str | Path):
     """Load a tokenizer: a SentencePiece ``.model`` file, our single-file ``.json`` form of the
     original GPT-1 BPE, or ``openai:DIR`` (the original release's encoder and merges files)."""
     text = str(spec)
-    if text.startswith(OPENAI_PREFIX) or Path(text).suffix == ".json":
+    if not text.startswith(OPENAI_PREFIX):
+        _check_not_special(Path(text))
+    if text.startswith(OPENAI_PREFIX) or Path(text).suffix.lower() == ".json":
         from .openai_bpe import OpenAIBPETokenizer  # added by the interoperability work
 
         if text.startswith(OPENAI_PREFIX):
