@@ -10,10 +10,27 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from .checks import check_number
 from .errors import Gpt1Error
 
 ARCHS = ("gpt1", "gpt2")
 ATTENTION = ("dense", "alternating")
+# Largest size a model dimension may have (torch indexes tensors with 64-bit integers, but no
+# real model comes near 2^31 in one dimension; a bigger number is a corrupt file or a typo).
+MAX_SIZE = 2**31 - 1
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _passes(value, **bounds) -> bool:
+    """Whether :func:`check_number` accepts ``value`` (a finite number within ``bounds``)."""
+    try:
+        check_number(value, "value", **bounds)
+    except Gpt1Error:
+        return False
+    return value is not None
 
 
 @dataclass(frozen=True)
@@ -35,23 +52,23 @@ class ModelConfig:
     window: int = 256
 
     def __post_init__(self):
+        # Settings come from checkpoint JSON too: every number is checked before anything is allocated.
         if self.arch not in ARCHS:
             raise Gpt1Error(f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHS)}")
         if self.attention not in ATTENTION:
             raise Gpt1Error(f"unknown attention {self.attention!r}; choose one of {', '.join(ATTENTION)}")
         for name in ("vocab_size", "n_ctx", "n_layer", "n_head", "d_model", "d_ff", "window"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise Gpt1Error(f"model setting {name} must be a positive integer, got {value!r}")
+            if not _is_int(value) or not _passes(value, minimum=1, maximum=MAX_SIZE):
+                raise Gpt1Error(f"model setting {name} must be a positive integer (at most {MAX_SIZE}), got {value!r}")
         if self.d_model % self.n_head:
             raise Gpt1Error(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
         for name in ("dropout", "attn_dropout"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+            if not _passes(value, minimum=0.0, below=1.0):
                 raise Gpt1Error(f"{name} must be in [0, 1), got {value!r}")
-        eps = self.layer_norm_eps
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 < eps < 1.0:
-            raise Gpt1Error(f"layer_norm_eps must be a small positive number, got {eps!r}")
+        if not _passes(self.layer_norm_eps, above=0.0, below=1.0):
+            raise Gpt1Error(f"layer_norm_eps must be a small positive number, got {self.layer_norm_eps!r}")
 
     @property
     def head_dim(self) -> int:

@@ -175,3 +175,19 @@ def test_a_crashed_rank_stops_every_rank(shards, tmp_path):
     assert b"FAILED" in stderr or b"failed" in stderr.lower()
     time.sleep(1)
     assert _worker_pids(str(run)) == {}, "a rank outlived the crash"
+
+
+def test_a_run_directory_in_use_stops_every_rank_at_once(shards, tmp_path):
+    """Rank 0 cannot take the run's lock: every rank must stop, none may wait in a collective."""
+    from gpt1cli.locking import exclusive_output
+
+    run = tmp_path / "locked"
+    with exclusive_output(run, "run directory"):
+        started = time.time()
+        result = torchrun("pretrain", "--shards", str(shards), "--out", str(run), "--steps", "2", "--dist-timeout", "60",
+                          *TINY)
+        elapsed = time.time() - started
+    assert result.returncode != 0
+    assert f"is in use by another gpt1 process (PID {os.getpid()})" in result.stderr
+    assert elapsed < 50  # a rank left waiting would only fail after --dist-timeout (60 s)
+    assert not (run / "metrics.jsonl").exists() and not (run / "checkpoints").exists()

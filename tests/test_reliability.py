@@ -114,6 +114,44 @@ def test_sigkill_at_random_points_then_resume_reaches_the_same_loss(shards, unin
         json.loads(line)
 
 
+def _train_records(run: Path) -> int:
+    path = run / "metrics.jsonl"
+    return sum('"kind": "train"' in line for line in path.read_text().splitlines()) if path.exists() else 0
+
+
+def test_sigkill_inside_training_steps_and_checkpoint_writes_never_breaks_latest(shards, uninterrupted, tmp_path):
+    """Each kill lands within a few milliseconds of a step this process trained itself, so most
+    land inside a checkpoint write (weights, trainer state, the rename, `latest`, pruning)."""
+    run = tmp_path / "run"
+    rng = random.Random(11)
+    process = gpt1_process("pretrain", "--shards", str(shards), "--out", str(run), "--steps", "24", *RUN)
+    kills = 0
+    while kills < 5:
+        seen = _train_records(run)
+        deadline = time.time() + 120
+        while time.time() < deadline and process.poll() is None and _train_records(run) <= seen:
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.04))
+        if process.poll() is not None:
+            break
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        kills += 1
+        for folder in (run / "checkpoints").glob("step_*"):
+            assert (folder / "checkpoint.json").is_file(), f"{folder.name} is incomplete after SIGKILL"
+        if (run / "checkpoints" / "latest").exists():
+            assert load_checkpoint(run).step >= 1
+            assert all(check.ok for check in verify(run)), [c for c in verify(run) if not c.ok]
+        # else killed before its first checkpoint: --resume starts the run again (as a requeued job)
+        process = gpt1_process("pretrain", "--shards", str(shards), "--out", str(run), "--resume", "-q")
+    assert process.wait(timeout=300) == 0, process.stderr.read().decode()
+    assert kills >= 3
+    resumed = losses(run)
+    assert resumed.get(24) == uninterrupted[24], (run / "metrics.jsonl").read_text()
+    leftovers = [p.name for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+
+
 def test_sigint_writes_a_checkpoint_and_exits_75_then_resume_matches(shards, uninterrupted, tmp_path):
     run = tmp_path / "run"
     process = gpt1_process("pretrain", "--shards", str(shards), "--out", str(run), "--steps", "24",

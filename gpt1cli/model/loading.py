@@ -24,4 +24,10 @@ def model_from_checkpoint(path: str | Path, device: torch.device, *, strict: boo
 
 
 def tokenizer_for(checkpoint: Checkpoint):
-    return load_tokenizer(checkpoint.tokenizer_path)
+    """The checkpoint's own tokenizer (its hash was checked when the checkpoint was loaded)."""
+    tokenizer = load_tokenizer(checkpoint.tokenizer_path)
+    if tokenizer.vocab_size > checkpoint.config.vocab_size:
+        raise Gpt1Error(f"{checkpoint.tokenizer_path} has {tokenizer.vocab_size} tokens but the model in {checkpoint.path} "
+                        f"only {checkpoint.config.vocab_size}: the checkpoint pairs a model with a tokenizer it was not "
+                        "trained with")
+    return tokenizer

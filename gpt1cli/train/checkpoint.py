@@ -15,6 +15,8 @@ A checkpoint folder holds:
 
 from __future__ import annotations
 
+import ctypes
+import math
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -24,9 +26,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..checks import check_number
 from ..config import ModelConfig
 from ..errors import Gpt1Error
-from ..fileio import atomic_write_json, atomic_write_text, clean_trash, file_hash, read_json, remove_tree
+from ..fileio import atomic_write_json, atomic_write_text, clean_trash, file_hash, plain_name, read_json, remove_tree
 
 FORMAT = "gpt1-checkpoint"
 FORMAT_VERSION = 1
@@ -53,7 +56,7 @@ class Checkpoint:
 
     @property
     def tokenizer_path(self) -> Path:
-        return self.path / str(self.meta.get("tokenizer_file", TOKENIZER))
+        return self.path / plain_name(self.meta.get("tokenizer_file", TOKENIZER), "tokenizer file", self.path / META)
 
     @property
     def step(self) -> int:
@@ -93,11 +96,14 @@ def save_checkpoint(
     trainer_meta: dict | None = None,
     keep: int = 3,
     best: bool = False,
+    tokenizer_bytes: bytes | None = None,
 ) -> Path:
     """Write checkpoint ``step`` of ``run_dir`` atomically; keep the newest ``keep`` and the best.
 
     ``best`` marks this checkpoint as the best so far (``checkpoints/best`` names it); the best
-    is never pruned.
+    is never pruned. ``tokenizer_bytes``, when given, is written as the tokenizer instead of a
+    copy of ``tokenizer_path`` (whose suffix still names the file): a run stores the tokenizer it
+    checked at its start, whatever happens to the source file later.
     """
     root = Path(run_dir) / CHECKPOINTS
     name = f"step_{step:08d}"
@@ -105,13 +111,14 @@ def save_checkpoint(
     tmp = root / f".tmp-{name}-{os.getpid()}"
     try:
         root.mkdir(parents=True, exist_ok=True)
-        for stale in root.glob(".tmp-*"):  # left by a writer that was killed
-            shutil.rmtree(stale, ignore_errors=True)
-        clean_trash(root)
+        _clean_leftovers(root)
         tmp.mkdir()
         _save_tensors(model_state, tmp / WEIGHTS)
         tokenizer_name = TOKENIZER if Path(tokenizer_path).suffix == ".model" else "tokenizer" + Path(tokenizer_path).suffix
-        shutil.copyfile(tokenizer_path, tmp / tokenizer_name)
+        if tokenizer_bytes is not None:
+            (tmp / tokenizer_name).write_bytes(tokenizer_bytes)
+        else:
+            shutil.copyfile(tokenizer_path, tmp / tokenizer_name)
         record = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
@@ -127,9 +134,7 @@ def save_checkpoint(
             atomic_write_json(tmp / TRAINER_META, {**(trainer_meta or {}), "tensors_blake2b": file_hash(tmp / TRAINER_TENSORS)})
         atomic_write_json(tmp / META, record)
         _fsync_dir(tmp)
-        if final.exists():  # re-writing a step: the old folder vanishes whole, never half-deleted
-            remove_tree(final)
-        os.replace(tmp, final)
+        _move_into_place(tmp, final)
         _fsync_dir(root)
         atomic_write_text(root / LATEST, name + "\n")
         if best:
@@ -139,10 +144,50 @@ def save_checkpoint(
         reason = getattr(exc, "strerror", None) or str(exc)
         raise Gpt1Error(f"cannot write checkpoint {final}: {reason}; the previous checkpoint is intact") from None
     protect = [name]
-    if (root / BEST).is_file():
-        protect.append((root / BEST).read_text().strip())
+    best_name = read_pointer(root / BEST, strict=False)
+    if best_name:
+        protect.append(best_name)
     _prune(root, keep, protect=tuple(protect))
     return final
+
+
+def _clean_leftovers(root: Path) -> None:
+    """Remove what killed writers left in ``root``: checkpoint folders and pointer files being
+    written (hidden names no reader looks at) and folders being deleted."""
+    for stale in root.glob(".tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for stale in root.glob(".*.tmp"):  # atomic_write_text's temporary pointer files
+        if stale.is_file():
+            stale.unlink(missing_ok=True)
+    clean_trash(root)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def _move_into_place(tmp: Path, final: Path) -> None:
+    """Rename the complete folder ``tmp`` to ``final``.
+
+    Re-writing a step that exists (a resumed run redoing a step whose folder was written but not
+    yet named by ``latest``, or any caller saving a step twice) swaps the folders atomically, so
+    no moment exists at which ``final`` is missing while a pointer may name it. Where the swap
+    is unsupported, the old folder is renamed away whole first (never left half-deleted).
+    """
+    if final.exists():
+        if _exchange(tmp, final):
+            remove_tree(tmp)  # now the old folder
+            return
+        remove_tree(final)
+    os.replace(tmp, final)
 
 
 def _prune(root: Path, keep: int, protect: tuple[str, ...]) -> None:
@@ -152,6 +197,33 @@ def _prune(root: Path, keep: int, protect: tuple[str, ...]) -> None:
             remove_tree(root / name)
 
 
+def read_pointer(pointer: str | Path, *, strict: bool = True) -> str | None:
+    """The folder name that ``checkpoints/latest`` (or ``best``) holds; None when there is no pointer.
+
+    A pointer that is not a short line of text naming a plain folder is an error (``strict``) or
+    ignored.
+    """
+    pointer = Path(pointer)
+    try:
+        with open(pointer, "rb") as handle:
+            data = handle.read(4097)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if not strict:
+            return None
+        raise Gpt1Error(f"cannot read {pointer}: {exc.strerror or exc}") from None
+    try:
+        if len(data) > 4096:
+            raise ValueError("too long")
+        return plain_name(data.decode("ascii").strip(), "checkpoint folder", pointer)
+    except (UnicodeDecodeError, ValueError, Gpt1Error):
+        if not strict:
+            return None
+        raise Gpt1Error(f"{pointer} does not hold a checkpoint folder name (it is corrupt): write the name of a "
+                        f"complete step_XXXXXXXX folder of {pointer.parent} into it, or remove it") from None
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint folder from either that folder or a run directory (its latest checkpoint)."""
     path = Path(path)
@@ -159,10 +231,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
         return path
     pointer = path / CHECKPOINTS / LATEST
     if pointer.is_file():
-        target = path / CHECKPOINTS / pointer.read_text().strip()
+        target = path / CHECKPOINTS / read_pointer(pointer)
         if (target / META).is_file():
             return target
-        raise Gpt1Error(f"{pointer} names {target.name}, which is missing or incomplete")
+        raise Gpt1Error(f"{pointer} names {target.name!r}, which is missing or incomplete")
     if not path.exists():
         raise Gpt1Error(f"checkpoint not found: {path}")
     raise Gpt1Error(f"{path} is neither a checkpoint nor a run directory with checkpoints")
@@ -171,7 +243,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
 def _load_tensors(path: Path, expected_hash: str | None, what: str) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise Gpt1Error(f"{what} missing: {path}")
-    if expected_hash is not None and file_hash(path) != expected_hash:
+    if not isinstance(expected_hash, str):
+        raise Gpt1Error(f"no hash of {path} is recorded with it: the checkpoint metadata is corrupt or not ours")
+    if file_hash(path) != expected_hash:
         raise Gpt1Error(f"{path} does not match the hash recorded with it: the checkpoint is corrupt or truncated")
     try:
         return load_file(str(path))
@@ -194,24 +268,65 @@ def _check_shapes(config: ModelConfig, state: dict[str, torch.Tensor], folder: P
         raise Gpt1Error(f"{folder}: the weights do not match {META}: {'; '.join(wrong)}")
 
 
+def _recorded_step(value, source: Path) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise Gpt1Error(f"{source} records step {value!r}, not a whole number: it is corrupt")
+    try:
+        return check_number(value, "step", minimum=0, maximum=2**62)
+    except Gpt1Error:
+        raise Gpt1Error(f"{source} records step {value!r}, outside 0..2^62: it is corrupt") from None
+
+
+def _check_trainer_meta(trainer: dict, step: int, source: Path) -> None:
+    """The loop state a resume relies on, checked before any of it is used."""
+    if _recorded_step(trainer.get("step"), source) != step:
+        raise Gpt1Error(f"{source} records step {trainer.get('step')}, but its checkpoint is step {step}: it is corrupt")
+    if not isinstance(trainer.get("config"), dict):
+        raise Gpt1Error(f"{source} lacks the run's settings (config): it is corrupt")
+    groups = trainer.get("optimizer_groups")
+    if not isinstance(groups, list) or not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups):
+        raise Gpt1Error(f"{source} lacks the optimiser's parameter groups: it is corrupt")
+    for group in groups:
+        for key, value in group.items():
+            if key in ("lr", "weight_decay", "eps", "initial_lr"):
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                    raise Gpt1Error(f"{source}: optimiser setting {key} is {value!r}, not a finite number >= 0: it is corrupt")
+            elif key in ("amsgrad", "maximize", "foreach", "capturable", "differentiable", "fused", "decoupled_weight_decay"):
+                if value is not None and not isinstance(value, bool):
+                    raise Gpt1Error(f"{source}: optimiser setting {key} is {value!r}, not true/false: it is corrupt")
+            elif key == "betas":
+                if not (isinstance(value, list) and len(value) == 2
+                        and all(not isinstance(b, bool) and isinstance(b, (int, float)) and 0 <= b < 1 for b in value)):
+                    raise Gpt1Error(f"{source}: optimiser betas {value!r} are not two numbers in [0, 1): it is corrupt")
+    best = trainer.get("best_val", math.inf)
+    if isinstance(best, bool) or not isinstance(best, (int, float)) or math.isnan(best):
+        raise Gpt1Error(f"{source} records best_val {best!r}, not a number: it is corrupt")
+
+
 def load_checkpoint(path: str | Path, *, with_trainer: bool = False) -> Checkpoint:
-    """Load and verify a checkpoint (folder or run directory)."""
+    """Load and verify a checkpoint (folder or run directory): weights, tokenizer and trainer hashes."""
     folder = resolve_checkpoint(path)
     meta = read_json(folder / META, "checkpoint metadata")
     if meta.get("format") != FORMAT:
         raise Gpt1Error(f"{folder / META} is not a gpt1 checkpoint")
     if not isinstance(meta.get("model"), dict):
         raise Gpt1Error(f"{folder / META} lacks the model settings: it is corrupt")
+    step = _recorded_step(meta.get("step", 0), folder / META)
     config = ModelConfig.from_dict(meta["model"])
-    state = _load_tensors(folder / WEIGHTS, meta.get("weights_blake2b"), "weights")
-    _check_shapes(config, state, folder)
-    checkpoint = Checkpoint(folder, meta, config, state)
-    if not checkpoint.tokenizer_path.is_file():
-        raise Gpt1Error(f"{folder} lacks {checkpoint.tokenizer_path.name}: the checkpoint is incomplete")
+    checkpoint = Checkpoint(folder, meta, config, {})
+    tokenizer = checkpoint.tokenizer_path
+    if not tokenizer.is_file():
+        raise Gpt1Error(f"{folder} lacks {tokenizer.name!r}: the checkpoint is incomplete")
+    if file_hash(tokenizer) != meta.get("tokenizer_blake2b"):
+        raise Gpt1Error(f"{tokenizer} does not match the tokenizer hash recorded in {folder / META}: the file was "
+                        "replaced or damaged; restore the tokenizer the model was trained with")
+    checkpoint.state_dict = _load_tensors(folder / WEIGHTS, meta.get("weights_blake2b"), "weights")
+    _check_shapes(config, checkpoint.state_dict, folder)
     if with_trainer:
         if not (folder / TRAINER_META).is_file():
             raise Gpt1Error(f"{folder} holds weights only, no training state to resume from")
         checkpoint.trainer_meta = read_json(folder / TRAINER_META, "trainer state")
+        _check_trainer_meta(checkpoint.trainer_meta, step, folder / TRAINER_META)
         checkpoint.trainer_tensors = _load_tensors(
             folder / TRAINER_TENSORS, checkpoint.trainer_meta.get("tensors_blake2b"), "trainer state"
         )
@@ -236,15 +351,21 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, params: dict[str, torch.
     if len(groups) != len(optimizer.param_groups):
         raise Gpt1Error("the saved optimiser state does not match this model (parameter groups differ)")
     for group, saved in zip(optimizer.param_groups, groups):
-        if [params[n] is p for n, p in zip(saved["params"], group["params"])].count(True) != len(group["params"]):
+        names = saved["params"]
+        if (len(names) != len(group["params"])
+                or not all(isinstance(n, str) and params.get(n) is p for n, p in zip(names, group["params"]))):
             raise Gpt1Error("the saved optimiser state does not match this model (parameters differ)")
         for key, value in saved.items():
             if key != "params":
                 group[key] = value
-        for name in saved["params"]:
+        for name in names:
             param = params[name]
             prefix = f"optim.{name}."
             state = {k[len(prefix):]: v.to(param.device) for k, v in tensors.items() if k.startswith(prefix)}
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in state and state[key].shape != param.shape:
+                    raise Gpt1Error(f"the saved optimiser state {prefix}{key} has shape {tuple(state[key].shape)}, "
+                                    f"the parameter {tuple(param.shape)}: the trainer state does not belong to these weights")
             if state:
                 optimizer.state[param] = state
 

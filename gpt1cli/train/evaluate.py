@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import math
+from typing import Iterable, Iterator
 
+import numpy as np
 import torch
 
 from ..data.shards import TokenSplit, eval_windows
@@ -15,25 +18,43 @@ def _config(model):
     return model.module.config if hasattr(model, "module") else model.config
 
 
-@torch.no_grad()
 def evaluate_lm(model, split: TokenSplit, *, device: torch.device, max_tokens: int | None = None, batch_size: int = 8) -> dict:
     """Mean next-token loss over non-overlapping windows of ``split``.
 
     Bits per byte divides by the split's UTF-8 bytes per token, so models with different
     tokenizers compare on the same footing.
     """
+    windows = eval_windows(split, _config(model).n_ctx, max_tokens)
+    totals = window_losses(model, (split.read(start, n) for start, n in windows), device=device, batch_size=batch_size)
+    return lm_report(*totals, split.tokens_per_byte() if split.text_bytes else float("nan"))
+
+
+def stream_windows(chunks: Iterable[np.ndarray], n_ctx: int) -> Iterator[np.ndarray]:
+    """The windows of :func:`~gpt1cli.data.shards.eval_windows` (``n_ctx + 1`` tokens, each
+    starting where the previous one's inputs end) cut from a stream of token chunks."""
+    held = np.empty(0, dtype=np.int64)
+    for chunk in chunks:
+        held = np.concatenate([held, chunk])
+        while len(held) >= n_ctx + 1:
+            yield held[: n_ctx + 1]
+            held = held[n_ctx:]
+    if len(held) >= 2:
+        yield held
+
+
+@torch.no_grad()
+def window_losses(model, windows: Iterable[np.ndarray], *, device: torch.device, batch_size: int = 8) -> tuple[float, int]:
+    """Summed next-token loss and the number of predicted tokens over ``windows`` (token arrays)."""
     was_training = model.training
     model.eval()
-    n_ctx = _config(model).n_ctx
-    windows = eval_windows(split, n_ctx, max_tokens)
     total_loss, total_tokens = 0.0, 0
+    windows = iter(windows)
     try:
-        for i in range(0, len(windows), batch_size):
-            group = windows[i : i + batch_size]
-            length = max(n for _, n in group)
+        while group := list(itertools.islice(windows, batch_size)):
+            length = max(len(w) for w in group)
             batch = torch.full((len(group), length), -100, dtype=torch.long)
-            for row, (start, n) in enumerate(group):
-                batch[row, :n] = torch.from_numpy(split.read(start, n))
+            for row, window in enumerate(group):
+                batch[row, : len(window)] = torch.from_numpy(np.asarray(window, dtype=np.int64))
             batch = batch.to(device)
             inputs = batch[:, :-1].clamp(min=0)
             targets = batch[:, 1:]
@@ -43,6 +64,11 @@ def evaluate_lm(model, split: TokenSplit, *, device: torch.device, max_tokens: i
             total_tokens += int((targets != -100).sum())
     finally:
         model.train(was_training)
+    return total_loss, total_tokens
+
+
+def lm_report(total_loss: float, total_tokens: int, tokens_per_byte: float) -> dict:
+    """Loss, perplexity and bits per byte from summed losses."""
     mean = total_loss / max(total_tokens, 1)
-    bpb = mean / math.log(2) * split.tokens_per_byte() if split.text_bytes else float("nan")
-    return {"loss": mean, "ppl": math.exp(min(mean, 50.0)), "bpb": bpb, "tokens": total_tokens}
+    return {"loss": mean, "ppl": math.exp(min(mean, 50.0)), "bpb": mean / math.log(2) * tokens_per_byte,
+            "tokens": total_tokens}

@@ -6,6 +6,9 @@ import json
 import time
 from pathlib import Path
 
+from ..errors import Gpt1Error
+from ..fileio import parse_json
+
 
 class MetricsLog:
     """``RUN/metrics.jsonl``: every logged number, with a wall-clock timestamp."""
@@ -13,8 +16,12 @@ class MetricsLog:
     def __init__(self, path: str | Path | None):
         self.path = Path(path) if path is not None else None
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._drop_torn_line()
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._drop_torn_line()
+            except OSError as exc:
+                raise Gpt1Error(f"cannot write the metrics log {self.path}: {exc.strerror or exc}; "
+                                "check the run directory is writable") from None
 
     def _drop_torn_line(self) -> None:
         """A process killed mid-write leaves a partial last line: cut it so every line parses."""
@@ -29,5 +36,26 @@ class MetricsLog:
         if self.path is None:
             return
         record = {"kind": kind, "time": round(time.time(), 3), **values}
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        try:
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+        except OSError as exc:
+            raise Gpt1Error(f"cannot write the metrics log {self.path}: {exc.strerror or exc}; "
+                            "free some disk space or check the run directory is writable") from None
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """The records of a metrics log that parse as JSON objects (a torn or damaged line is skipped)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return []
+    records = []
+    for line in data.splitlines():
+        try:
+            record = parse_json(line.decode("utf-8"), str(path))
+        except (Gpt1Error, UnicodeDecodeError):
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
