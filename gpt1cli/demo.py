@@ -8,14 +8,15 @@ zero-shot, fine-tuning from random weights, and fine-tuning the pre-trained mode
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
 from .corpus_builder import build_stdlib_corpus
 from .data.pipeline import tokenize_corpus
 from .data.shards import ShardDataset
-from .model.generate import generate_tokens
+from .errors import Gpt1Error
+from .fileio import remove_tree
+from .model.generate import DecodeSettings, complete
 from .model.loading import model_from_checkpoint, tokenizer_for
 from .runtime import pick_device
 from .tasks.cloze import make_cloze
@@ -25,6 +26,32 @@ from .train.evaluate import evaluate_lm
 from .train.pretrain import PretrainConfig, pretrain
 
 DEMO_PROMPT = "Return a new list"
+
+
+MARKER = ".gpt1-demo"  # marks a folder the demo made, which a later demo may replace
+
+
+def prepare_demo_dir(out: Path, overwrite: bool = False) -> None:
+    """An empty ``out`` for the demo: an earlier demo's folder is replaced, anything else only with ``overwrite``."""
+    if out.exists() and not out.is_dir():
+        raise Gpt1Error(f"{out} exists and is not a directory; choose another --out")
+    if out.is_dir() and any(out.iterdir()):
+        made_by_demo = (out / MARKER).is_file() or (out / "results.json").is_file()
+        if not made_by_demo and not overwrite:
+            raise Gpt1Error(f"{out} already exists and was not made by gpt1 demo: pass --overwrite to replace it "
+                            "(everything in it is deleted) or choose another --out")
+        remove_tree(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / MARKER).write_text("made by gpt1 demo; the next demo replaces this folder\n")
+    except OSError as exc:
+        raise Gpt1Error(f"cannot write {out}: {exc.strerror or exc}; choose another --out") from None
+
+
+def greedy_sample(model, tokenizer, prompt: str, max_new_tokens: int = 30) -> str:
+    """The greedy continuation of ``prompt``, decoded with the prompt so the words at the join stay apart."""
+    settings = DecodeSettings(max_new_tokens=max_new_tokens, temperature=0.0)
+    return complete(model, tokenizer, tokenizer.encode(prompt), settings)[0].text
 
 
 def run_demo(
@@ -39,13 +66,16 @@ def run_demo(
     device: str = "auto",
     show_progress: bool = True,
     log=print,
+    overwrite: bool = False,
 ) -> dict:
-    """Run the whole pipeline in ``out_dir`` (replacing an earlier demo there); return its figures."""
+    """Run the whole pipeline in ``out_dir`` (replacing an earlier demo there); return its figures.
+
+    An existing ``out_dir`` that is not empty and was not made by the demo is replaced (all of
+    it deleted) only with ``overwrite``.
+    """
     started = time.perf_counter()
     out = Path(out_dir)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    prepare_demo_dir(out, overwrite)
     dev = pick_device(device)
     results: dict = {"stages": {}, "settings": {"preset": preset, "steps": steps, "vocab_size": vocab_size,
                                                   "finetune_epochs": finetune_epochs, "finetune_lr": finetune_lr}}
@@ -88,9 +118,7 @@ def run_demo(
     results["eval"] = {"untrained": evaluate_lm(untrained, data.val, device=dev),
                        "pretrained": evaluate_lm(model, data.val, device=dev)}
     tokenizer = tokenizer_for(checkpoint)
-    ids = list(generate_tokens(model, tokenizer.encode(DEMO_PROMPT), max_new_tokens=30, temperature=0.0,
-                               stop_ids=(tokenizer.eos_id,)))
-    results["sample"] = {"prompt": DEMO_PROMPT, "completion": tokenizer.decode([i for i in ids if i != tokenizer.eos_id])}
+    results["sample"] = {"prompt": DEMO_PROMPT, "completion": greedy_sample(model, tokenizer, DEMO_PROMPT)}
     stage("lm-eval", t0)
 
     t0 = time.perf_counter()

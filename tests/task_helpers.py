@@ -62,6 +62,16 @@ def run_subprocess(argv: list, *, timeout: float = 180) -> CliResult:
     return _run_subprocess(argv, cwd=REPO, timeout=timeout)
 
 
+def assert_refused_option(result: CliResult, option: str, reason: str) -> str:
+    """A number refused at parse time: exit 2, click's usage message naming the option and why, no traceback."""
+    assert result.code == 2, f"exit code {result.code}, stderr:\n{result.err}"
+    assert "Traceback" not in result.err, result.err
+    line = next((l for l in result.err_lines if "Invalid value for" in l), None)
+    assert line is not None, result.err
+    assert f"'{option}'" in line and reason in line, line
+    return line
+
+
 def assert_ok(result: CliResult) -> CliResult:
     assert result.code == 0, f"exit {result.code}\nstdout:\n{result.out}\nstderr:\n{result.err}"
     return result

@@ -299,9 +299,13 @@ def test_task_prompt_keeps_room_and_trims_the_left(trained):
 
 def test_decode_settings_are_checked():
     for settings, message in [
-        (DecodeSettings(beams=0), "--beams must be >= 1"),
+        (DecodeSettings(beams=0), "--beams must be at least 1"),
         (DecodeSettings(beams=2, top_k=5), "beam search"),
-        (DecodeSettings(repetition_penalty=0), "--repetition-penalty must be > 0"),
+        (DecodeSettings(repetition_penalty=0), "--repetition-penalty must be greater than 0"),
+        (DecodeSettings(temperature=float("nan")), "--temperature must be a finite number"),
+        (DecodeSettings(top_p=1.5), "--top-p must be at most 1"),
+        (DecodeSettings(top_k=-1), "--top-k must be at least 1"),
+        (DecodeSettings(length_alpha=float("inf")), "--length-penalty must be a finite number"),
         (DecodeSettings(no_repeat_ngram_size=-1), "--no-repeat-ngram-size"),
         (DecodeSettings(length_norm="x"), "--length-norm"),
         (DecodeSettings(stop=("",)), "--stop needs a non-empty string"),

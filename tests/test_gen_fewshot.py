@@ -284,7 +284,7 @@ def test_shots_from_a_training_file_and_a_tight_context(toy_lm, assets, tok, tmp
     # The session run's context (32 tokens) holds the query and only some of 8 solved examples.
     result = helpers.run_main(["eval", "--ckpt", assets.run, "--task", "classify", "--data", data, "--shots", "0,8",
                                "--verbalizer", json.dumps(ANSWERS), "--template", "{text} {answer}", "--json", out,
-                               "--device", "cpu"], capsys)
+                               "--overwrite", "--device", "cpu"], capsys)
     assert result.code == 0, result.err
     zero, eight = json.loads(out.read_text())["results"]
     assert zero["shots_used_max"] == 0 and zero["fewer_shots"] == 0

@@ -232,7 +232,7 @@ def test_batch_generation_of_the_fine_tuned_task(toy, capsys):
         assert record["beams"][0]["score"] >= record["beams"][1]["score"] >= record["beams"][2]["score"]
     # A pairs file as input: its completion is kept as the reference.
     result = helpers.run_main(["generate", "--ckpt", run, "--input", data, "--out", out, "--temperature", "0",
-                               "--max-new-tokens", "24", "--device", "cpu", "-q"], capsys)
+                               "--max-new-tokens", "24", "--device", "cpu", "-q", "--overwrite"], capsys)
     assert result.code == 0, result.err
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(r["prompt"], r["reference"], r["completion"]) for r in records] == \
@@ -269,10 +269,8 @@ def test_loss_on_prompt_and_classification_checkpoints(toy, tmp_path, capsys):
         (["finetune", "--task", "generate", "--lm-coef", "0.1"], "--lm-coef applies to the tasks with a head"),
         (["finetune", "--task", "classify", "--loss-on-prompt"], "--loss-on-prompt applies to --task generate"),
         (["finetune", "--task", "generate", "--metric", "accuracy"], "--metric for the generate task must be one of"),
-        (["finetune", "--task", "generate", "--max-new-tokens", "0"], "--max-new-tokens must be positive"),
         (["eval", "--task", "classify", "--beams", "2"], "--beams applies to --task generate"),
         (["eval", "--task", "generate", "--shots", "1"], "not --task generate"),
-        (["eval", "--task", "generate", "--beams", "0"], "--beams must be >= 1"),
     ],
 )
 def test_generate_task_option_errors(toy, tmp_path, capsys, argv, message):
@@ -282,4 +280,22 @@ def test_generate_task_option_errors(toy, tmp_path, capsys, argv, message):
         ["--ckpt", run, "--data", data]
     result = helpers.run_main([*argv, *extra, "--device", "cpu"], capsys)
     helpers.assert_one_error_line(result, message)
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, option, reason",
+    [
+        (["finetune", "--task", "generate", "--max-new-tokens", "0"], "--max-new-tokens", "at least 1"),
+        (["eval", "--task", "generate", "--beams", "0"], "--beams", "at least 1"),
+        (["eval", "--task", "generate", "--repetition-penalty", "nan"], "--repetition-penalty", "finite"),
+    ],
+)
+def test_generate_task_numbers_refused_at_parse_time(toy, tmp_path, capsys, argv, option, reason):
+    root, rows, data, run = toy
+    extra = ["--train", data, "--val", data, "--from", run, "--out", tmp_path / "x"] if argv[0] == "finetune" else \
+        ["--ckpt", run, "--data", data]
+    import task_helpers
+
+    task_helpers.assert_refused_option(helpers.run_main([*argv, *extra, "--device", "cpu"], capsys), option, reason)
     assert not (tmp_path / "x").exists()

@@ -123,7 +123,8 @@ def test_filter_logits_top_k_and_top_p():
     [
         ([], {}, "the prompt is empty"),
         (list(range(24)), {}, "the prompt is 24 tokens, the model's context is 24"),
-        ([1, 2], {"temperature": -0.5}, "--temperature must be >= 0"),
+        ([1, 2], {"temperature": -0.5}, "--temperature must be at least 0"),
+        ([1, 2], {"temperature": float("nan")}, "--temperature must be a finite number"),
     ],
 )
 def test_generate_tokens_rejects_bad_requests(random_model, prompt, kwargs, message):
@@ -164,15 +165,30 @@ def test_cli_sampling_seed_and_checkpoint_folder(assets, capsys):
     assert a.out.startswith(PROMPT) and c.out.startswith(PROMPT)
 
 
+def test_cli_rejects_a_bad_device(assets, capsys):
+    result = helpers.run_main(["generate", "--ckpt", assets.run, "--prompt", PROMPT, "--device", "tpu"], capsys)
+    helpers.assert_one_error_line(result, "--device must be one of")
+
+
 @pytest.mark.parametrize(
-    "extra, message",
+    "option, value, reason",
     [
-        (["--max-new-tokens", "0"], "--max-new-tokens must be positive, got 0"),
-        (["--top-p", "0"], "--top-p must be in (0, 1], got 0.0"),
-        (["--temperature", "-1"], "--temperature must be >= 0"),
-        (["--device", "tpu"], "--device must be one of"),
+        ("--max-new-tokens", "0", "at least 1"),
+        ("--top-p", "0", "greater than 0"),
+        ("--top-p", "1.5", "at most 1"),
+        ("--top-p", "nan", "finite"),
+        ("--top-k", "-1", "at least 1"),
+        ("--temperature", "-1", "at least 0"),
+        ("--temperature", "nan", "finite"),
+        ("--temperature", "inf", "finite"),
+        ("--repetition-penalty", "0", "greater than 0"),
+        ("--length-penalty", "nan", "finite"),
+        ("--seed", "-1", "at least 0"),
     ],
 )
-def test_cli_rejects_bad_sampling_settings(assets, capsys, extra, message):
-    result = helpers.run_main(["generate", "--ckpt", assets.run, "--prompt", PROMPT, *extra], capsys)
-    helpers.assert_one_error_line(result, message)
+def test_cli_refuses_bad_numbers_at_parse_time(assets, capsys, option, value, reason):
+    """Refused before the model loads: nan used to pass every `< 0` test and sample from NaN logits."""
+    import task_helpers
+
+    result = helpers.run_main(["generate", "--ckpt", assets.run, "--prompt", PROMPT, option, value], capsys)
+    task_helpers.assert_refused_option(result, option, reason)

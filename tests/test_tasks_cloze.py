@@ -141,8 +141,9 @@ def test_cloze_train_fraction(corpus, tmp_path, capsys):
 
 def test_cloze_bad_options_and_too_small_corpus(corpus, tmp_path, capsys):
     path, docs = corpus
-    th.assert_one_error_line(make_task(capsys, path, tmp_path / "a", "--choices", "1"), "--choices")
-    th.assert_one_error_line(make_task(capsys, path, tmp_path / "b", "--train-fraction", "1.5"), "--train-fraction")
+    th.assert_refused_option(make_task(capsys, path, tmp_path / "a", "--choices", "1"), "--choices", "at least 2")
+    th.assert_refused_option(make_task(capsys, path, tmp_path / "b", "--train-fraction", "1.5"), "--train-fraction",
+                             "less than 1")
     th.assert_one_error_line(th.run_main(["make-task", "quiz", path, "--out", tmp_path / "c"], capsys), "quiz")
     small = write_corpus(tmp_path / "small.txt", docs[:2])
     th.assert_one_error_line(make_task(capsys, small, tmp_path / "d", "--context-sentences", "3"), "passages")

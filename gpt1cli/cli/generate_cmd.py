@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -10,31 +11,34 @@ import torch
 import typer
 from rich.console import Console
 
-from ..errors import Gpt1Error
+from ..checks import SEED, option
+from ..errors import Gpt1Error, Interrupted, interrupt_leaves
 from ..model.generate import DecodeSettings, check_prompt, complete, task_prompt
 from ..model.loading import model_from_checkpoint, tokenizer_for
 from ..runtime import pick_device
+from ..tasks.outputs import check_output, is_stdout, where
 
 
 def generate(
     ckpt: Path = typer.Option(..., help="Checkpoint folder or run directory (its latest checkpoint)."),
     prompt: Optional[str] = typer.Option(None, help="Text to continue (or --input FILE).", show_default="none"),
     input_file: Optional[Path] = typer.Option(None, "--input", help="JSONL of prompts, one {\"prompt\": ...} (or {\"input\": ...}) per line.", show_default="none"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="With --input: JSONL written with each line's fields plus completion and finish (and beams with --beams > 1).", show_default="none"),
-    max_new_tokens: int = typer.Option(100, help="Most tokens to generate."),
-    temperature: float = typer.Option(0.8, help="Sampling temperature; 0 is greedy. Not used by beam search."),
-    top_k: Optional[int] = typer.Option(None, help="Sample only from the k most likely tokens.", show_default="all"),
-    top_p: Optional[float] = typer.Option(None, help="Sample only from the smallest set of tokens reaching this probability.", show_default="1"),
-    beams: int = typer.Option(1, help="Beam search with N beams (deterministic) and show the N best with their scores; 1 samples (or is greedy)."),
-    length_penalty: float = typer.Option(0.0, help="Beam search: alpha; hypotheses are ranked by log P / lp(length) (0: plain log P; > 0 favours longer ones)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="With --input: JSONL written with each line's fields plus completion and finish (and beams with --beams > 1); - is standard output. Ctrl-C keeps the lines done in OUT.partial.", show_default="none"),
+    overwrite: bool = typer.Option(False, help="Replace an existing --out file."),
+    max_new_tokens: int = typer.Option(100, callback=option(minimum=1), help="Most tokens to generate."),
+    temperature: float = typer.Option(0.8, callback=option(minimum=0), help="Sampling temperature (>= 0); 0 is greedy. Not used by beam search."),
+    top_k: Optional[int] = typer.Option(None, callback=option(minimum=1), help="Sample only from the k most likely tokens (k >= 1).", show_default="all"),
+    top_p: Optional[float] = typer.Option(None, callback=option(above=0, maximum=1), help="Sample only from the smallest set of tokens reaching this probability (in (0, 1]).", show_default="1"),
+    beams: int = typer.Option(1, callback=option(minimum=1), help="Beam search with N beams (deterministic) and show the N best with their scores; 1 samples (or is greedy)."),
+    length_penalty: float = typer.Option(0.0, callback=option(), help="Beam search: alpha; hypotheses are ranked by log P / lp(length) (0: plain log P; > 0 favours longer ones)."),
     length_norm: str = typer.Option("gnmt", help="Beam search: lp = ((5 + length) / 6)^alpha (gnmt, Wu et al. 2016) or length^alpha (power)."),
     early_stopping: bool = typer.Option(True, "--early-stopping/--no-early-stopping", help="Beam search: stop once N hypotheses are finished; --no-early-stopping goes on until no live beam can beat them."),
-    repetition_penalty: float = typer.Option(1.0, help="CTRL's penalty on tokens already in the prompt or output (positive logits divided by it, negative multiplied); 1 is none."),
-    no_repeat_ngram_size: int = typer.Option(0, help="Never repeat an n-gram of this size (prompt included); 0 is off."),
+    repetition_penalty: float = typer.Option(1.0, callback=option(above=0), help="CTRL's penalty on tokens already in the prompt or output (positive logits divided by it, negative multiplied); 1 is none."),
+    no_repeat_ngram_size: int = typer.Option(0, callback=option(minimum=0), help="Never repeat an n-gram of this size (prompt included); 0 is off."),
     stop: Optional[List[str]] = typer.Option(None, "--stop", help="End the output where this string appears (it is not printed; \\n is a line break); repeatable.", show_default="none"),
     task_format: bool = typer.Option(False, "--task-format", help="Wrap the prompt as \\[start; prompt; delim] and print only the completion (on by itself for a checkpoint fine-tuned with --task generate)."),
     plain: bool = typer.Option(False, "--plain", help="Continue the prompt as plain text even for a generate-task checkpoint."),
-    seed: int = typer.Option(0, help="Sampling seed (line i of --input uses seed + i)."),
+    seed: int = typer.Option(0, callback=option(**SEED), help="Sampling seed (line i of --input uses seed + i)."),
     device: str = typer.Option("auto", help="auto (CUDA when available), cpu or cuda."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar for --input."),
 ) -> None:
@@ -42,7 +46,7 @@ def generate(
     if (prompt is None) == (input_file is None):
         raise Gpt1Error("give exactly one of --prompt TEXT or --input FILE")
     if input_file is not None and out is None:
-        raise Gpt1Error("--input needs --out FILE for the completions")
+        raise Gpt1Error("--input needs --out FILE for the completions (- for standard output)")
     if out is not None and input_file is None:
         raise Gpt1Error("--out goes with --input FILE; a --prompt's completion is printed")
     if task_format and plain:
@@ -53,6 +57,8 @@ def generate(
         repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
         stop=tuple(s.replace("\\n", "\n") for s in stop or ()),
     ).check()
+    if input_file is not None:
+        check_output(out, overwrite)  # before the model is loaded
     dev = pick_device(device)
     model, checkpoint = model_from_checkpoint(ckpt, dev)
     tokenizer = tokenizer_for(checkpoint)
@@ -61,8 +67,8 @@ def generate(
         from ..tasks.generative import generate_file
 
         count = generate_file(model, tokenizer, input_file, out, settings, task_format=wrap, seed=seed,
-                              show_progress=not quiet)
-        Console().print(f"{count} completions written to {out}")
+                              show_progress=not quiet, overwrite=overwrite)
+        Console(stderr=is_stdout(out)).print(f"{count} completions written to {where(out)}")
         return
     prompt_ids = tokenizer.encode(prompt)
     if wrap:
@@ -70,16 +76,35 @@ def generate(
     check_prompt(model, prompt_ids)
     head = "" if wrap else prompt
     generator = torch.Generator(device=dev).manual_seed(seed)
-    if beams == 1:
-        sys.stdout.write(head)
+    try:
+        if beams == 1:
+            sys.stdout.write(head)
 
-        def show(text: str) -> None:
-            sys.stdout.write(text)
+            def show(text: str) -> None:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+
+            try:
+                complete(model, tokenizer, prompt_ids, settings, task_format=wrap, generator=generator, on_text=show)
+            except KeyboardInterrupt:
+                sys.stdout.write("\n")
+                sys.stdout.flush()
+                raise Interrupted("the output above stops where generation was interrupted") from None
+            sys.stdout.write("\n")
             sys.stdout.flush()
+            return
+        with interrupt_leaves("beam search was interrupted before it finished; nothing was printed"):
+            outputs = complete(model, tokenizer, prompt_ids, settings, task_format=wrap)
+        for rank, beam in enumerate(outputs, start=1):
+            sys.stdout.write(f"[beam {rank}] score {beam.score:.4f} (log P {beam.logprob:.4f}, {len(beam.tokens)} "
+                             f"tokens, {beam.finish})\n{head}{beam.text}\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _quiet_stdout()  # the reader (e.g. `| head`) has what it wanted
 
-        complete(model, tokenizer, prompt_ids, settings, task_format=wrap, generator=generator, on_text=show)
-        sys.stdout.write("\n")
-        return
-    for rank, beam in enumerate(complete(model, tokenizer, prompt_ids, settings, task_format=wrap), start=1):
-        sys.stdout.write(f"[beam {rank}] score {beam.score:.4f} (log P {beam.logprob:.4f}, {len(beam.tokens)} tokens, "
-                         f"{beam.finish})\n{head}{beam.text}\n")
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not fail on the closed pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)

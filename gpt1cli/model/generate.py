@@ -8,6 +8,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from ..checks import check_number
 from ..errors import Gpt1Error
 from .gpt import GPT, KVCache
 
@@ -46,8 +47,7 @@ def generate_tokens(
     """
     n_ctx = model.config.n_ctx
     check_prompt(model, prompt)
-    if temperature < 0:
-        raise Gpt1Error(f"--temperature must be >= 0, got {temperature}")
+    check_number(temperature, "--temperature", minimum=0)
     model.eval()
     device = next(model.parameters()).device
     history = list(prompt)
@@ -144,8 +144,7 @@ def generate_processed(
     """
     n_ctx = model.config.n_ctx
     check_prompt(model, prompt)
-    if temperature < 0:
-        raise Gpt1Error(f"--temperature must be >= 0, got {temperature}")
+    check_number(temperature, "--temperature", minimum=0)
     model.eval()
     device = next(model.parameters()).device
     history = list(prompt)
@@ -348,25 +347,21 @@ class DecodeSettings:
     stop: tuple[str, ...] = ()
 
     def check(self) -> "DecodeSettings":
-        if self.max_new_tokens is None or self.max_new_tokens <= 0:
-            raise Gpt1Error(f"--max-new-tokens must be positive, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise Gpt1Error(f"--temperature must be >= 0, got {self.temperature}")
-        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
-            raise Gpt1Error(f"--top-p must be in (0, 1], got {self.top_p}")
-        if self.top_k is not None and self.top_k <= 0:
-            raise Gpt1Error(f"--top-k must be positive, got {self.top_k}")
-        if self.beams < 1:
-            raise Gpt1Error(f"--beams must be >= 1, got {self.beams}")
+        if self.max_new_tokens is None:
+            raise Gpt1Error("--max-new-tokens must be positive, got None")
+        check_number(self.max_new_tokens, "--max-new-tokens", minimum=1)
+        check_number(self.temperature, "--temperature", minimum=0)
+        check_number(self.top_p, "--top-p", above=0, maximum=1)
+        check_number(self.top_k, "--top-k", minimum=1)
+        check_number(self.beams, "--beams", minimum=1)
+        check_number(self.length_alpha, "--length-penalty")
+        check_number(self.repetition_penalty, "--repetition-penalty", above=0)
+        check_number(self.no_repeat_ngram_size, "--no-repeat-ngram-size", minimum=0)
         if self.beams > 1 and (self.top_k is not None or self.top_p is not None):
             raise Gpt1Error("--top-k and --top-p filter sampling; beam search (--beams > 1) does not sample")
         if self.length_norm not in LENGTH_NORMS:
             raise Gpt1Error(f"--length-norm must be one of {', '.join(LENGTH_NORMS)}, not {self.length_norm!r}")
-        if not self.repetition_penalty > 0:
-            raise Gpt1Error(f"--repetition-penalty must be > 0 (1 is none), got {self.repetition_penalty}")
-        if self.no_repeat_ngram_size < 0:
-            raise Gpt1Error(f"--no-repeat-ngram-size must be >= 0 (0 is none), got {self.no_repeat_ngram_size}")
-        if any(not s for s in self.stop):
+        if any(not isinstance(s, str) or not s for s in self.stop):
             raise Gpt1Error("--stop needs a non-empty string")
         return self
 
@@ -402,17 +397,43 @@ def cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
+def continuation_text(tokenizer, context: list[int], tokens: list[int]) -> str:
+    """The text ``tokens`` add after ``context``: both decoded together, minus the context's text.
+
+    Decoded apart, SentencePiece drops the word boundary at the join ("list" + "of" reads
+    "listof") and byte-fallback pieces of one character split across the join decode to U+FFFD
+    on each side. Decoded together, the continuation starts where the context's text and the
+    whole text part: a character completed by the continuation's bytes belongs to it.
+    """
+    return _Decoder(tokenizer, context)(tokens)
+
+
 class _Decoder:
     """Text of generated tokens after a context (pieces and byte fallbacks only make sense together)."""
 
     def __init__(self, tokenizer, context: list[int]):
         self.tokenizer, self.context = tokenizer, list(context)
-        self.offset = len(tokenizer.decode(self.context)) if self.context else 0
+        self.head = tokenizer.decode(self.context) if self.context else ""
 
     def __call__(self, tokens: list[int]) -> str:
         if not self.context:
             return self.tokenizer.decode(tokens)
-        return self.tokenizer.decode(self.context + list(tokens))[self.offset:]
+        whole = self.tokenizer.decode(self.context + list(tokens))
+        return whole[_common_prefix(self.head, whole):]
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    low, high = 0, n  # a[:low] == b[:low] and a[:high] != b[:high]
+    while high - low > 1:
+        mid = (low + high) // 2
+        if a[:mid] == b[:mid]:
+            low = mid
+        else:
+            high = mid
+    return low
 
 
 def complete(

@@ -7,14 +7,17 @@ Passages are split into train/val/test with a fixed seed; nothing is copied from
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
 from pathlib import Path
 
+from ..checks import SEED, check_number
 from ..data.corpus import expand_inputs, iter_documents
 from ..errors import Gpt1Error
-from ..fileio import atomic_path, atomic_write_json
+from ..fileio import atomic_path, atomic_write_json, refuse_to_replace
+from .outputs import locked_directory
 
 # A sentence ends at ., ! or ? followed by space and an upper-case letter or a quote.
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
@@ -34,6 +37,10 @@ def sentences_of(text: str) -> list[str]:
     return out
 
 
+SPLITS = ("train", "val", "test")
+TASK_INFO = "task.json"
+
+
 def make_cloze(
     inputs: list[str],
     out_dir: str | Path,
@@ -43,10 +50,32 @@ def make_cloze(
     split: tuple[float, float, float] = (0.8, 0.1, 0.1),
     seed: int = 0,
     max_examples: int | None = None,
+    overwrite: bool = False,
 ) -> dict:
-    """Write ``train.jsonl``, ``val.jsonl``, ``test.jsonl`` and ``task.json`` to ``out_dir``."""
-    if context_sentences < 1 or choices < 2:
-        raise Gpt1Error("--context-sentences must be >= 1 and --choices >= 2")
+    """Write ``train.jsonl``, ``val.jsonl``, ``test.jsonl`` and ``task.json`` to ``out_dir``.
+
+    Existing task files are replaced only with ``overwrite`` (a run may have been trained on
+    them). ``task.json`` is written last and, when replacing, removed first: a folder holding it
+    holds a complete task.
+    """
+    check_number(context_sentences, "--context-sentences", minimum=1)
+    check_number(choices, "--choices", minimum=2)
+    check_number(seed, "--seed", **SEED)
+    if max_examples is not None:
+        check_number(max_examples, "max_examples", minimum=1)
+    for part in split:
+        check_number(part, "each share of the split", minimum=0, maximum=1)
+    if len(split) != 3 or sum(split) > 1 + 1e-9:
+        raise Gpt1Error(f"the split {split} must be three shares in [0, 1] adding up to at most 1")
+    out = Path(out_dir)
+    targets = [out / f"{name}.jsonl" for name in SPLITS] + [out / TASK_INFO]
+    for target in targets:
+        refuse_to_replace(target, overwrite)
+    with locked_directory(out, "task directory"):
+        return _make_cloze(inputs, out, context_sentences, choices, split, seed, max_examples)
+
+
+def _make_cloze(inputs, out: Path, context_sentences: int, choices: int, split, seed: int, max_examples) -> dict:
     paths = expand_inputs(inputs)
     documents = [s for s in (sentences_of(" ".join(d.lines)) for d in iter_documents(paths)) if s]
     rng = random.Random(seed)
@@ -81,12 +110,15 @@ def make_cloze(
     n_train = int(len(examples) * split[0])
     n_val = int(len(examples) * split[1])
     parts = {"train": examples[:n_train], "val": examples[n_train : n_train + n_val], "test": examples[n_train + n_val :]}
-    out = Path(out_dir)
-    for name, rows in parts.items():
-        with atomic_path(out / f"{name}.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as handle:
-            for row in rows:
-                handle.write(json.dumps(row) + "\n")
     info = {"task": "mcq", "kind": "cloze", "choices": choices, "context_sentences": context_sentences, "seed": seed,
             "inputs": [str(p) for p in paths], "examples": {k: len(v) for k, v in parts.items()}}
-    atomic_write_json(out / "task.json", info)
+    with contextlib.ExitStack() as stack:
+        for name, rows in parts.items():
+            tmp = stack.enter_context(atomic_path(out / f"{name}.jsonl"))
+            with open(tmp, "w", encoding="utf-8") as handle:
+                for row in rows:
+                    handle.write(json.dumps(row) + "\n")
+        # Until the new task.json is written, no task.json may vouch for a mix of old and new splits.
+        (out / TASK_INFO).unlink(missing_ok=True)
+    atomic_write_json(out / TASK_INFO, info)
     return info

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -10,11 +9,11 @@ import torch
 
 from ..data.tokenizer import load_tokenizer
 from ..errors import Gpt1Error
-from ..fileio import atomic_path
 from ..model.loading import model_from_checkpoint
 from ..runtime import autocast
 from .data import load_examples
 from .metrics import classification_report, regression_report
+from .outputs import check_output, output_lines
 from .runner import encode_examples, infer, label_indices, load_task_model, predictions
 
 
@@ -48,8 +47,10 @@ def _check_choices(examples, info: dict, data) -> None:
         raise Gpt1Error(f"{data}: examples have {len(examples[0].fields['choices'])} choices, the checkpoint was trained with {expected}")
 
 
-def predict(ckpt: str | Path, data: str | Path, out: str | Path, device) -> int:
-    """Write one JSON line per example: the predicted label and the probabilities. Returns the count."""
+def predict(ckpt: str | Path, data: str | Path, out: str | Path, device, *, overwrite: bool = False) -> int:
+    """Write one JSON line per example to ``out`` (``-``: standard output): the predicted label and
+    the probabilities. An existing ``out`` is replaced only with ``overwrite``. Returns the count."""
+    check_output(out, overwrite)
     model, checkpoint = load_task_model(ckpt, device)
     info = checkpoint.task
     task = info["name"]
@@ -59,7 +60,7 @@ def predict(ckpt: str | Path, data: str | Path, out: str | Path, device) -> int:
     encoded = encode_examples(examples, task, tokenizer, checkpoint.config.n_ctx)
     logits = infer(model, encoded, tokenizer.pad_id, device, regression=info["regression"])
     preds, probs = predictions(logits, info["regression"])
-    with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+    with output_lines(out, total=len(examples), unit="predictions") as writer:
         for i, example in enumerate(examples):
             if info["regression"]:
                 record = {"value": preds[i]}
@@ -68,7 +69,7 @@ def predict(ckpt: str | Path, data: str | Path, out: str | Path, device) -> int:
             else:
                 record = {"label": info["labels"][preds[i]],
                           "probs": {str(label): round(p, 6) for label, p in zip(info["labels"], probs[i].tolist())}}
-            handle.write(json.dumps(record) + "\n")
+            writer.write(record)
     return len(examples)
 
 
@@ -107,39 +108,38 @@ def zero_shot_mcq(ckpt: str | Path, data: str | Path, device) -> dict:
     return report
 
 
-def lm_text_eval(ckpt: str | Path, text_file: str | Path, device) -> dict:
-    """Loss, perplexity and bits per byte of a checkpoint on a raw text file."""
-    from ..data.corpus import expand_inputs, iter_documents
-    from ..train.evaluate import evaluate_lm
+def lm_text_eval(ckpt: str | Path, text_file: str | Path, device, *, max_tokens: int | None = None,
+                 show_progress: bool = False) -> dict:
+    """Loss, perplexity and bits per byte of a checkpoint on a raw text corpus, streamed.
+
+    The text is encoded as ``gpt1 tokenize`` encodes it and evaluated in the same
+    non-overlapping windows as a shard split, chunk by chunk: memory does not grow with the
+    file or with any one document. ``max_tokens`` stops after that many predicted tokens.
+    """
+    from ..data.corpus import expand_inputs
+    from ..data.stream import iter_token_chunks
+    from ..progress import progress_bar
+    from ..train.evaluate import lm_report, stream_windows, window_losses
 
     model, checkpoint = model_from_checkpoint(ckpt, device)
     tokenizer = load_tokenizer(checkpoint.tokenizer_path)
-    tokens, n_bytes = [], 0
-    for document in iter_documents(expand_inputs([str(text_file)])):
-        for line in document.lines:
-            tokens.extend(tokenizer.encode(line))
-        tokens.append(tokenizer.eos_id)
-        n_bytes += document.n_bytes
-    if len(tokens) < 2:
+    paths = expand_inputs([str(text_file)])
+    n_ctx = model.config.n_ctx
+    seen = {"tokens": 0, "bytes": 0.0}
+    with progress_bar(f"evaluating {text_file}", sum(path.stat().st_size for path in paths),
+                      enabled=show_progress, status="") as bar:
+        def counted(chunks):
+            for chunk in chunks:
+                seen["tokens"] += len(chunk.tokens)
+                seen["bytes"] += chunk.text_bytes
+                yield chunk.tokens
+
+        def moved(tokens: int, input_bytes: int) -> None:
+            bar.update(completed=input_bytes, status=f"{tokens:,} tokens")
+
+        chunks = iter_token_chunks(paths, tokenizer, max_tokens=None if max_tokens is None else max_tokens + 1,
+                                   chunk_tokens=8 * n_ctx, progress=moved)
+        total_loss, total_tokens = window_losses(model, stream_windows(counted(chunks), n_ctx), device=device)
+    if total_tokens < 1:
         raise Gpt1Error(f"{text_file} holds too little text to evaluate")
-    split = _ArraySplit(tokens, n_bytes)
-    return evaluate_lm(model, split, device=device)
-
-
-class _ArraySplit:
-    """An in-memory stand-in for a shard split, for evaluating a text file."""
-
-    name = "text"
-
-    def __init__(self, tokens: list[int], text_bytes: int):
-        import numpy as np
-
-        self._tokens = np.asarray(tokens, dtype=np.int64)
-        self.tokens = len(tokens)
-        self.text_bytes = text_bytes
-
-    def read(self, start: int, length: int):
-        return self._tokens[start : start + length].copy()
-
-    def tokens_per_byte(self) -> float:
-        return self.tokens / self.text_bytes if self.text_bytes else math.nan
+    return lm_report(total_loss, total_tokens, seen["tokens"] / seen["bytes"] if seen["bytes"] else math.nan)

@@ -19,7 +19,6 @@ query that does not fit even alone loses tokens from its left (counted as ``trun
 
 from __future__ import annotations
 
-import json
 import random
 import string
 from dataclasses import dataclass
@@ -28,11 +27,13 @@ from pathlib import Path
 import torch
 
 from ..data.tokenizer import load_tokenizer
+from ..checks import SEED, check_number
 from ..errors import Gpt1Error
+from ..fileio import parse_json
 from ..model.generate import BeamCache
 from ..model.loading import model_from_checkpoint
 from ..runtime import autocast, step_seed
-from .data import FIELDS, TASKS, Example, label_set, load_examples
+from .data import FIELDS, TASKS, Example, label_set, label_text, load_examples
 from .metrics import classification_report
 
 DEFAULT_TEMPLATES = {
@@ -94,20 +95,20 @@ def parse_verbalizer(spec: str | None) -> dict[str, str] | None:
     """A JSON object mapping labels to answer words, given inline or as a file name."""
     if spec is None:
         return None
-    text = spec
+    text, what = spec, "--verbalizer"
     if not spec.lstrip().startswith("{"):
         path = Path(spec)
         if not path.is_file():
             raise Gpt1Error(f"--verbalizer {spec!r} is neither a JSON object nor a JSON file")
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")  # -sig: a BOM from an editor is no part of the JSON
         except (OSError, UnicodeDecodeError) as exc:
             raise Gpt1Error(f"cannot read --verbalizer file {path}: {exc}") from None
+        what = f"--verbalizer file {path}"
     try:
-        mapping = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise Gpt1Error(f"--verbalizer is not valid JSON (line {exc.lineno}, column {exc.colno}): "
-                        'give an object such as {"pos": "great", "neg": "terrible"}') from None
+        mapping = parse_json(text, what)
+    except Gpt1Error as exc:
+        raise Gpt1Error(f'{exc}; give an object such as {{"pos": "great", "neg": "terrible"}}') from None
     if not isinstance(mapping, dict) or not mapping:
         raise Gpt1Error('--verbalizer must be a non-empty JSON object such as {"pos": "great", "neg": "terrible"}')
     for label, word in mapping.items():
@@ -182,7 +183,7 @@ class FewShotTask:
             self.labels = list(verbalizer)  # label strings, in the verbaliser's order
             self.words = [verbalizer[k] for k in self.labels]
         else:
-            self.labels = [str(label) for label in (labels or [])]
+            self.labels = [label_text(label) for label in (labels or [])]
             self.words = list(self.labels)
         self._answers = None if self.words is None else [self._encode_answer(w) for w in self.words]
 
@@ -196,7 +197,7 @@ class FewShotTask:
         """The index of the right candidate."""
         if self.task == "mcq":
             return example.label
-        key = str(example.label)
+        key = label_text(example.label)
         if key not in self.labels:
             raise Gpt1Error(f"{example.where}: label {example.label!r} has no answer word "
                             f"(answers are given for {', '.join(self.labels)}): add it to --verbalizer")
@@ -286,6 +287,7 @@ def fewshot_eval(ckpt: str | Path, task: str, data: str | Path, device, *, shots
         raise Gpt1Error(f"unknown task {task!r} for --shots; choose one of {', '.join(TASKS)}")
     if not shots:
         raise Gpt1Error("--shots needs at least one count")
+    check_number(seed, "--seed", **SEED)
     model, checkpoint = model_from_checkpoint(ckpt, device)
     tokenizer = load_tokenizer(checkpoint.tokenizer_path)
     n_ctx = checkpoint.config.n_ctx

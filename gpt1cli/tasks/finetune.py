@@ -4,26 +4,27 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from ..checks import check_number
+from ..data.tokenizer import load_tokenizer
 from ..errors import Gpt1Error
 from ..model import ops
 from ..model.gpt import GPT
-from ..progress import progress_bar
-from ..runtime import autocast, seed_everything, step_seed
-from ..train.checkpoint import save_checkpoint
-from ..train.distributed import World, all_reduce_mean, barrier, distributed_session, full_state, wrap_model
+from ..runtime import autocast, seed_everything
+from ..train.distributed import World, all_reduce_mean, distributed_session, wrap_model
 from ..train.metrics import MetricsLog
-from ..train.optim import make_optimizer, warmup_linear
+from ..train.optim import make_optimizer
 from .data import TASKS, label_set, load_examples
 from .metrics import classification_report, regression_report
 from .model import TaskModel
-from .runner import batches, encode_examples, infer, label_indices, predictions, start_finetune_run, task_state
+from .outputs import locked_directory
+from .runner import batches, encode_examples, infer, label_indices, module_state, predictions, task_state
+from .training import FinetuneLoop, begin_run, check_settings, finished_summary, settings_of
 
 METRICS = ("accuracy", "macro_f1", "mcc", "pearson", "spearman")
 
@@ -53,42 +54,42 @@ class FinetuneConfig:
     device: str = "auto"
     parallel: str = "ddp"
     dist_timeout: float = 600.0
+    max_bad_steps: int = 10  # non-finite steps in a row before the run stops
+    resume: bool = False  # continue the run in ``out`` from its training state
+    overwrite: bool = False  # replace a run already in ``out``
 
     def check(self) -> "FinetuneConfig":
         if self.task not in TASKS:
             raise Gpt1Error(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
         if self.regression and self.task != "similar":
             raise Gpt1Error("--regression applies to the similar task only")
-        if self.init not in ("pretrained", "random"):
-            raise Gpt1Error(f"--init must be pretrained or random, not {self.init!r}")
+        check_settings(self)
+        check_number(self.lm_coef, "--lm-coef", minimum=0)
+        check_number(self.head_dropout, "--head-dropout", minimum=0, below=1)
         metric = self.metric or ("pearson" if self.regression else "accuracy")
         if metric not in METRICS:
             raise Gpt1Error(f"--metric must be one of {', '.join(METRICS)}")
         if self.regression != (metric in ("pearson", "spearman")):
             raise Gpt1Error(f"--metric {metric} does not fit a {'regression' if self.regression else 'classification'} task")
-        for name in ("batch_size", "epochs"):
-            if getattr(self, name) <= 0:
-                raise Gpt1Error(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.lm_coef < 0 or not self.lr > 0 or not 0 <= self.warmup_fraction < 1:
-            raise Gpt1Error("--lm-coef must be >= 0, --lr > 0 and --warmup-fraction in [0, 1)")
-        if self.eval_every is not None and self.eval_every <= 0:
-            raise Gpt1Error(f"--eval-every must be positive, got {self.eval_every}")
         return dataclasses.replace(self, metric=metric)
 
 
-def finetune(config: FinetuneConfig, *, show_progress: bool = True) -> dict:
+def finetune(config: FinetuneConfig, *, show_progress: bool = True, say=None) -> dict:
     """Fine-tune ``config.from_run`` on a labelled task; the best checkpoint by validation metric is kept.
 
+    SIGINT or SIGTERM stops at the next step boundary with a training state
+    (:class:`~gpt1cli.errors.TrainingStopped`); ``config.resume`` continues from it exactly.
     Under torchrun each step's batch is split across the ranks; rank 0 alone logs and saves.
+    ``say`` receives notes for the user (such as a resume that found nothing to resume).
     """
     config = config.check()
     with distributed_session(config.device, config.dist_timeout) as (world, device):
-        return _finetune(config, world, device, show_progress)
+        with locked_directory(config.out, "run directory", enabled=world.is_main):
+            return _finetune(config, world, device, show_progress, say or (lambda message: None))
 
 
-def _finetune(config: FinetuneConfig, world: World, device: torch.device, show_progress: bool) -> dict:
+def _finetune(config: FinetuneConfig, world: World, device: torch.device, show_progress: bool, say) -> dict:
     out = Path(config.out)
-    source, tokenizer = start_finetune_run(config.from_run, out)
     train_examples = load_examples(config.train, config.task, regression=config.regression)
     val_examples = load_examples(config.val, config.task, regression=config.regression)
     labels = [] if config.task == "mcq" or config.regression else label_set(train_examples)
@@ -105,33 +106,41 @@ def _finetune(config: FinetuneConfig, world: World, device: torch.device, show_p
             raise Gpt1Error(f"{config.train}: only one label ({labels[0]!r}) in the training data; a classifier needs two or more")
     targets = label_indices(train_examples, labels, config.regression) if config.task != "mcq" else [e.label for e in train_examples]
     val_targets = label_indices(val_examples, labels, config.regression) if config.task != "mcq" else [e.label for e in val_examples]
+    if world.distributed and config.batch_size < world.world_size:
+        raise Gpt1Error(f"--batch-size {config.batch_size} is smaller than the {world.world_size} processes")
 
+    start = begin_run(config, driver="classifier", task=config.task, world=world, say=say)
+    if start.progress.finished:
+        return finished_summary(start, config, config.task)
+    tokenizer = load_tokenizer(start.tokenizer_path)
     seed_everything(config.seed)
-    gpt = GPT(source.config)
-    if config.init == "pretrained":
-        gpt.load_state_dict(source.state_dict)
-    model = TaskModel(gpt, config.task, n_outputs, dropout=config.head_dropout).to(device)
+    gpt = GPT(start.config)
+    model = TaskModel(gpt, config.task, n_outputs, dropout=config.head_dropout)
+    if start.resumed:
+        model.load_state_dict(module_state(start.weights))
+    elif start.weights is not None:
+        gpt.load_state_dict(start.weights)
+    model.to(device)
     sharded = world.distributed and config.parallel == "fsdp"
     wrapped = wrap_model(model, config.parallel, world, device)
     eval_model = wrapped if sharded else model
-    n_ctx = source.config.n_ctx
+    n_ctx = start.config.n_ctx
     encoded = encode_examples(train_examples, config.task, tokenizer, n_ctx)
     val_encoded = encode_examples(val_examples, config.task, tokenizer, n_ctx)
-
     optimizer = make_optimizer(model, config.lr, config.weight_decay)
-    steps_per_epoch = math.ceil(len(encoded) / config.batch_size)
-    if world.distributed and config.batch_size < world.world_size:
-        raise Gpt1Error(f"--batch-size {config.batch_size} is smaller than the {world.world_size} processes")
-    total = steps_per_epoch * config.epochs
-    warmup = int(total * config.warmup_fraction)
-    eval_every = config.eval_every or steps_per_epoch
+
     log = MetricsLog(out / "metrics.jsonl" if world.is_main else None)
-    show_progress = show_progress and world.is_main
     kernels = ops.describe_path(device)
-    log.write("config", config=dataclasses.asdict(config), model=source.config.to_dict(), labels=labels,
-              train_examples=len(encoded), val_examples=len(val_encoded), kernels=kernels)
+    if start.resumed:
+        log.write("resume", step=start.progress.step, kernels=kernels, device=str(device), world_size=world.world_size)
+    else:
+        log.write("config", config=settings_of(config), model=start.config.to_dict(), labels=labels,
+                  train_examples=len(encoded), val_examples=len(val_encoded), kernels=kernels)
     task_info = {"name": config.task, "labels": labels, "regression": config.regression, "n_outputs": n_outputs,
                  "n_choices": n_choices, "metric": config.metric, "lm_coef": config.lm_coef, "init": config.init}
+    loop = FinetuneLoop(config, start, "classifier", config.task, task_info, world, device, model, wrapped, optimizer,
+                        len(encoded), log, rename=task_state, show_progress=show_progress and world.is_main)
+    loop.restore()
 
     def evaluate() -> dict:
         logits = infer(eval_model, val_encoded, tokenizer.pad_id, device, regression=config.regression)
@@ -140,19 +149,15 @@ def _finetune(config: FinetuneConfig, world: World, device: torch.device, show_p
             return regression_report(val_targets, preds)
         return classification_report(val_targets, preds, logits.shape[-1])
 
-    def train_step(ids: list[int], step: int) -> float | None:
-        """One optimiser step on the global batch ``ids``; None when it is too small to split."""
+    def forward_backward(ids: list[int]) -> dict | None:
+        """The loss of the global batch ``ids``, back-propagated; None when it is too small to split."""
         # Each rank takes a strided share of the global batch (the last batch may be uneven).
         share = [ids[i :: world.world_size] for i in range(world.world_size)]
         if any(not part for part in share):
-            return None  # a tail too small to give every rank an example: skipped on all ranks alike
+            return None
         mine = share[world.rank]
         _, batch = next(batches([encoded[i] for i in mine], [targets[i] for i in mine], tokenizer.pad_id,
                                 len(mine), config.regression))
-        lr = warmup_linear(step, max_lr=config.lr, warmup=warmup, total=total)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        torch.manual_seed(step_seed(config.seed, world.rank, step))
         batch = batch.to(device)
         with autocast(device):
             logits, lm_loss = wrapped(batch, with_lm_loss=config.lm_coef > 0)
@@ -163,44 +168,15 @@ def _finetune(config: FinetuneConfig, world: World, device: torch.device, show_p
             loss = task_loss if lm_loss is None else task_loss + config.lm_coef * lm_loss
         # DDP averages gradients over ranks; weighting by this rank's share makes that the global mean.
         (loss * (len(mine) * world.world_size / len(ids))).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss_value = all_reduce_mean(float(loss.detach()), world, device)
-        log.write("train", step=step + 1, loss=loss_value, task_loss=float(task_loss.detach()),
-                  lm_loss=None if lm_loss is None else float(lm_loss.detach()), lr=lr)
-        return loss_value
+        return {"loss": all_reduce_mean(float(loss.detach()), world, device), "task_loss": float(task_loss.detach()),
+                "lm_loss": None if lm_loss is None else float(lm_loss.detach())}
 
-    def save(step: int, report: dict) -> None:
-        # Gathering a sharded state takes every rank; rank 0 alone writes.
-        state = full_state(wrapped, optimizer, config.parallel, world)[0] if sharded else model.state_dict()
-        if world.is_main:
-            save_checkpoint(out, step, model_state=task_state(state), config=source.config,
-                            tokenizer_path=source.tokenizer_path,
-                            meta={"kind": "finetune", "task": task_info, "metrics": {"val": report},
-                                  "from": str(source.path)},
-                            keep=1)
-        barrier(world)
+    def better(report: dict, best: dict) -> bool:
+        score = report[config.metric]
+        return not math.isnan(score) and (math.isnan(best[config.metric]) or score > best[config.metric])
 
-    generator = torch.Generator().manual_seed(config.seed)
-    best, best_report, step, started = -math.inf, None, 0, time.perf_counter()
-    model.train()
-    with progress_bar(f"fine-tuning {config.task}", total, enabled=show_progress, count=True) as bar:
-        for epoch in range(config.epochs):
-            order = torch.randperm(len(encoded), generator=generator).tolist()
-            for start in range(0, len(order), config.batch_size):
-                loss_value = train_step(order[start : start + config.batch_size], step)
-                step += 1
-                bar.advance(1)
-                if loss_value is not None:
-                    bar.update(status=f"loss {loss_value:.3f}")
-                if step % eval_every == 0 or step == total:
-                    report = evaluate()
-                    score = report[config.metric]
-                    log.write("eval", step=step, epoch=epoch, **{k: v for k, v in report.items() if k != "confusion"})
-                    bar.log(f"step {step}: val {config.metric} {score:.4f}")
-                    if best_report is None or (not math.isnan(score) and score > best):
-                        best, best_report = score, report
-                        save(step, report)
-    return {"task": config.task, "steps": step, "best": best, "metric": config.metric, "val": best_report,
-            "seconds": round(time.perf_counter() - started, 2), "kernels": kernels, "out": str(out)}
+    def describe(step: int, report: dict) -> str:
+        return f"step {step}: val {config.metric} {report[config.metric]:.4f}"
+
+    loop.run(forward_backward, evaluate, better, describe)
+    return loop.summary(kernels)

@@ -12,31 +12,29 @@ alone exceeds the context is cut on its right (and then has no end token).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ..checks import check_number
 from ..data.tokenizer import load_tokenizer
 from ..errors import Gpt1Error
-from ..fileio import atomic_path
 from ..model import ops
 from ..model.generate import Completion, DecodeSettings, complete, task_prompt
 from ..model.gpt import GPT
 from ..model.loading import model_from_checkpoint
 from ..progress import progress_bar
-from ..runtime import autocast, seed_everything, step_seed
-from ..train.checkpoint import save_checkpoint
-from ..train.distributed import World, all_reduce_mean, barrier, distributed_session, wrap_model
+from ..runtime import autocast, seed_everything
+from ..train.distributed import World, all_reduce_mean, distributed_session, wrap_model
 from ..train.metrics import MetricsLog
-from ..train.optim import make_optimizer, warmup_linear
-from .runner import start_finetune_run
+from ..train.optim import make_optimizer
 from .data import records
 from .gen_metrics import HIGHER_IS_BETTER, generation_metrics
+from .outputs import check_output, locked_directory, output_lines
+from .training import FinetuneLoop, begin_run, check_settings, finished_summary, settings_of
 
 TASK = "generate"
 METRICS = ("loss", "bleu", "chrf", "rougeL", "exact")
@@ -144,12 +142,16 @@ def decode_all(model, tokenizer, prompts: list[str], settings: DecodeSettings, *
     n_ctx = model.config.n_ctx
     device = next(model.parameters()).device
     results = []
-    with progress_bar("generating", len(prompts), enabled=show_progress, count=True) as bar:
-        for index, prompt in enumerate(prompts):
-            ids = task_prompt(tokenizer, tokenizer.encode(prompt), n_ctx, settings.max_new_tokens)
-            generator = torch.Generator(device=device).manual_seed(seed + index)
-            results.append(complete(model, tokenizer, ids, settings, task_format=True, generator=generator))
-            bar.advance(1)
+    was_training = model.training  # decoding switches the model to eval mode; training must get dropout back
+    try:
+        with progress_bar("generating", len(prompts), enabled=show_progress, count=True) as bar:
+            for index, prompt in enumerate(prompts):
+                ids = task_prompt(tokenizer, tokenizer.encode(prompt), n_ctx, settings.max_new_tokens)
+                generator = torch.Generator(device=device).manual_seed(seed + index)
+                results.append(complete(model, tokenizer, ids, settings, task_format=True, generator=generator))
+                bar.advance(1)
+    finally:
+        model.train(was_training)
     return results
 
 
@@ -180,45 +182,46 @@ class GenerativeConfig:
     device: str = "auto"
     parallel: str = "ddp"
     dist_timeout: float = 600.0
+    max_bad_steps: int = 10  # non-finite steps in a row before the run stops
+    resume: bool = False  # continue the run in ``out`` from its training state
+    overwrite: bool = False  # replace a run already in ``out``
 
     def check(self) -> "GenerativeConfig":
         metric = self.metric or "loss"
         if metric not in METRICS:
             raise Gpt1Error(f"--metric for the generate task must be one of {', '.join(METRICS)}, not {metric!r}")
-        if self.init not in ("pretrained", "random"):
-            raise Gpt1Error(f"--init must be pretrained or random, not {self.init!r}")
-        for name in ("batch_size", "epochs"):
-            if getattr(self, name) <= 0:
-                raise Gpt1Error(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if not self.lr > 0 or not 0 <= self.warmup_fraction < 1:
-            raise Gpt1Error("--lr must be > 0 and --warmup-fraction in [0, 1)")
-        if self.eval_every is not None and self.eval_every <= 0:
-            raise Gpt1Error(f"--eval-every must be positive, got {self.eval_every}")
-        if self.max_new_tokens is not None and self.max_new_tokens <= 0:
-            raise Gpt1Error(f"--max-new-tokens must be positive, got {self.max_new_tokens}")
+        check_settings(self)
+        check_number(self.max_new_tokens, "--max-new-tokens", minimum=1)
         return dataclasses.replace(self, metric=metric)
 
 
-def finetune_generate(config: GenerativeConfig, *, show_progress: bool = True) -> dict:
+def finetune_generate(config: GenerativeConfig, *, show_progress: bool = True, say=None) -> dict:
     """Fine-tune ``config.from_run`` on prompt/completion pairs; keep the best checkpoint by
     validation loss (lowest) or by a decoding metric (highest, greedy decoding of the val prompts;
     a tie goes to the lower validation loss).
 
+    Stops, resumes and run directories work as for :func:`~gpt1cli.tasks.finetune.finetune`.
     Under torchrun each step's batch is split across the ranks; rank 0 alone logs and saves.
     """
     config = config.check()
     with distributed_session(config.device, config.dist_timeout) as (world, device):
-        return _finetune(config, world, device, show_progress)
+        with locked_directory(config.out, "run directory", enabled=world.is_main):
+            return _finetune(config, world, device, show_progress, say or (lambda message: None))
 
 
-def _finetune(config: GenerativeConfig, world: World, device: torch.device, show_progress: bool) -> dict:
+def _finetune(config: GenerativeConfig, world: World, device: torch.device, show_progress: bool, say) -> dict:
     out = Path(config.out)
-    source, tokenizer = start_finetune_run(config.from_run, out)
-    n_ctx = source.config.n_ctx
-    if n_ctx < 4:
-        raise Gpt1Error(f"the model's context ({n_ctx}) is too short for [start; prompt; delim; completion; eos]")
     train_examples = load_pairs(config.train)
     val_examples = load_pairs(config.val)
+    if world.distributed and config.batch_size < world.world_size:
+        raise Gpt1Error(f"--batch-size {config.batch_size} is smaller than the {world.world_size} processes")
+    start = begin_run(config, driver="generate", task=TASK, world=world, say=say)
+    if start.progress.finished:
+        return finished_summary(start, config, TASK)
+    tokenizer = load_tokenizer(start.tokenizer_path)
+    n_ctx = start.config.n_ctx
+    if n_ctx < 4:
+        raise Gpt1Error(f"the model's context ({n_ctx}) is too short for [start; prompt; delim; completion; eos]")
     encoded = [encode_pair(tokenizer, e.prompt, e.completion, n_ctx) for e in train_examples]
     val_encoded = [encode_pair(tokenizer, e.prompt, e.completion, n_ctx) for e in val_examples]
     references = [e.completion for e in val_examples]
@@ -230,35 +233,34 @@ def _finetune(config: GenerativeConfig, world: World, device: torch.device, show
                       if first - 2 < len(tokenizer.encode(e.prompt)))
 
     seed_everything(config.seed)
-    model = GPT(source.config)
-    if config.init == "pretrained":
-        model.load_state_dict(source.state_dict)
+    model = GPT(start.config)
+    if start.weights is not None:
+        model.load_state_dict(start.weights)
     model.to(device)
     sharded = world.distributed and config.parallel == "fsdp"
     wrapped = wrap_model(model, config.parallel, world, device)
     eval_model = wrapped if sharded else model
-
     optimizer = make_optimizer(model, config.lr, config.weight_decay)
-    if world.distributed and config.batch_size < world.world_size:
-        raise Gpt1Error(f"--batch-size {config.batch_size} is smaller than the {world.world_size} processes")
-    steps_per_epoch = math.ceil(len(encoded) / config.batch_size)
-    total = steps_per_epoch * config.epochs
-    warmup = int(total * config.warmup_fraction)
-    eval_every = config.eval_every or steps_per_epoch
+
     log = MetricsLog(out / "metrics.jsonl" if world.is_main else None)
-    show_progress = show_progress and world.is_main
     kernels = ops.describe_path(device)
-    log.write("config", config=dataclasses.asdict(config), model=source.config.to_dict(), task=TASK,
-              train_examples=len(encoded), val_examples=len(val_encoded), truncated_prompts=cut_prompts,
-              truncated_completions=cut_completions, max_new_tokens=budget, kernels=kernels)
+    if start.resumed:
+        log.write("resume", step=start.progress.step, kernels=kernels, device=str(device), world_size=world.world_size)
+    else:
+        log.write("config", config=settings_of(config), model=start.config.to_dict(), task=TASK,
+                  train_examples=len(encoded), val_examples=len(val_encoded), truncated_prompts=cut_prompts,
+                  truncated_completions=cut_completions, max_new_tokens=budget, kernels=kernels)
     task_info = {"name": TASK, "format": FORMAT, "loss_on_prompt": config.loss_on_prompt, "metric": config.metric,
                  "max_new_tokens": budget, "init": config.init}
     higher = HIGHER_IS_BETTER[config.metric]
+    loop = FinetuneLoop(config, start, "generate", TASK, task_info, world, device, model, wrapped, optimizer,
+                        len(encoded), log, show_progress=show_progress and world.is_main)
+    loop.restore()
 
     def evaluate() -> dict:
         report = reference_loss(eval_model, val_encoded, tokenizer.pad_id, device)
         if config.metric != "loss":
-            decoder = _decoding_model(model, wrapped, sharded, source.config, device)
+            decoder = _decoding_model(model, wrapped, sharded, start.config, device)
             if decoder is not None:
                 hypotheses = [c[0].text for c in decode_all(decoder, tokenizer, [e.prompt for e in val_examples],
                                                             decode_settings)]
@@ -266,7 +268,7 @@ def _finetune(config: GenerativeConfig, world: World, device: torch.device, show
                 report.update({k: v for k, v in metrics.items() if not k.endswith("_signature")})
         return report
 
-    def train_step(ids: list[int], step: int) -> float | None:
+    def forward_backward(ids: list[int]) -> dict | None:
         share = [ids[i :: world.world_size] for i in range(world.world_size)]
         if any(not part for part in share):
             return None  # a tail too small to give every rank an example: skipped on all ranks alike
@@ -274,53 +276,19 @@ def _finetune(config: GenerativeConfig, world: World, device: torch.device, show
         inputs, targets = collate_pairs([encoded[i] for i in mine], tokenizer.pad_id, config.loss_on_prompt)
         # The global token count, so every rank's sum weighs as a share of the global mean.
         global_tokens = sum(_target_count(encoded[i], config.loss_on_prompt) for i in ids)
-        lr = warmup_linear(step, max_lr=config.lr, warmup=warmup, total=total)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        torch.manual_seed(step_seed(config.seed, world.rank, step))
         with autocast(device):
             loss_sum = wrapped(inputs.to(device), targets=targets.to(device), reduction="sum")
         # DDP averages gradients over ranks; scaling by world / global tokens makes that the global mean.
         (loss_sum * (world.world_size / global_tokens)).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
         loss_value = all_reduce_mean(float(loss_sum.detach()) * world.world_size / global_tokens, world, device)
-        log.write("train", step=step + 1, loss=loss_value, lr=lr, tokens=global_tokens)
-        return loss_value
+        return {"loss": loss_value, "tokens": global_tokens}
 
-    def save(step: int, report: dict) -> None:
-        state = _full_model_state(wrapped, cpu_offload=True) if sharded else model.state_dict()
-        if world.is_main:
-            save_checkpoint(out, step, model_state=state, config=source.config, tokenizer_path=source.tokenizer_path,
-                            meta={"kind": "finetune", "task": task_info, "metrics": {"val": report},
-                                  "from": str(source.path)},
-                            keep=1, best=True)
-        barrier(world)
+    def describe(step: int, report: dict) -> str:
+        return (f"step {step}: val loss {report['loss']:.4f}"
+                + (f", {config.metric} {report[config.metric]:.4f}" if config.metric != "loss" else ""))
 
-    generator = torch.Generator().manual_seed(config.seed)
-    best, best_report, step, started = math.nan, None, 0, time.perf_counter()
-    model.train()
-    with progress_bar(f"fine-tuning {TASK}", total, enabled=show_progress, count=True) as bar:
-        for epoch in range(config.epochs):
-            order = torch.randperm(len(encoded), generator=generator).tolist()
-            for start in range(0, len(order), config.batch_size):
-                loss_value = train_step(order[start : start + config.batch_size], step)
-                step += 1
-                bar.advance(1)
-                if loss_value is not None:
-                    bar.update(status=f"loss {loss_value:.3f}")
-                if step % eval_every == 0 or step == total:
-                    report = evaluate()
-                    score = report[config.metric]
-                    log.write("eval", step=step, epoch=epoch, **report)
-                    bar.log(f"step {step}: val loss {report['loss']:.4f}"
-                            + (f", {config.metric} {score:.4f}" if config.metric != "loss" else ""))
-                    if best_report is None or _better(report, best_report, config.metric, higher):
-                        best, best_report = score, report
-                        save(step, report)
-    return {"task": TASK, "steps": step, "best": best, "metric": config.metric, "val": best_report,
-            "seconds": round(time.perf_counter() - started, 2), "kernels": kernels, "out": str(out)}
+    loop.run(forward_backward, evaluate, lambda report, best: _better(report, best, config.metric, higher), describe)
+    return loop.summary(kernels)
 
 
 def _better(report: dict, best: dict, metric: str, higher: bool) -> bool:
@@ -371,9 +339,12 @@ def _generation_model(ckpt, device):
 
 
 def evaluate_generation(ckpt: str | Path, data: str | Path, device, *, settings: DecodeSettings | None = None,
-                        predictions: str | Path | None = None, show_progress: bool | None = None) -> dict:
+                        predictions: str | Path | None = None, show_progress: bool | None = None,
+                        overwrite: bool = False) -> dict:
     """Decode every prompt of ``data`` in the task format and score the outputs against the
-    completions: BLEU, chrF, ROUGE-1/2/L, exact match, and the LM loss of the references."""
+    completions: BLEU, chrF, ROUGE-1/2/L, exact match, and the LM loss of the references.
+    ``predictions`` (``-``: standard output) is replaced only with ``overwrite``."""
+    check_output(predictions, overwrite)
     model, checkpoint = _generation_model(ckpt, device)
     tokenizer = load_tokenizer(checkpoint.tokenizer_path)
     examples = load_pairs(data)
@@ -398,24 +369,27 @@ def evaluate_generation(ckpt: str | Path, data: str | Path, device, *, settings:
                   beams=settings.beams, max_new_tokens=settings.max_new_tokens,
                   bleu_signature=metrics["bleu_signature"], chrf_signature=metrics["chrf_signature"])
     if predictions is not None:
-        with atomic_path(predictions) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        with output_lines(predictions, total=len(examples), unit="predictions") as writer:
             for example, output in zip(examples, outputs):
-                record = {"prompt": example.prompt, "reference": example.completion, "completion": output[0].text}
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+                writer.write({"prompt": example.prompt, "reference": example.completion, "completion": output[0].text})
     return report
 
 
 def generate_file(model, tokenizer, source: str | Path, out: str | Path, settings: DecodeSettings, *,
-                  task_format: bool, seed: int = 0, show_progress: bool = True) -> int:
+                  task_format: bool, seed: int = 0, show_progress: bool = True, overwrite: bool = False) -> int:
     """Complete every prompt of a JSONL (or CSV/Parquet) file; write each record with ``completion``
     and ``finish`` (with beams also ``beams``: the N best as ``{text, score, logprob, tokens,
-    finish}``) to ``out``. A record that already has a ``completion`` keeps it as ``reference``.
-    Line ``i`` samples with seed ``seed + i``. Returns the count."""
+    finish}``) to ``out`` (``-``: standard output). A record that already has a ``completion``
+    keeps it as ``reference``. Line ``i`` samples with seed ``seed + i``. Returns the count.
+
+    An existing ``out`` is replaced only with ``overwrite``. Interrupted (Ctrl-C), the records
+    done so far are kept in ``OUT.partial`` and ``out`` is not written."""
+    check_output(out, overwrite)
     examples = load_pairs(source, require_completion=False)
     n_ctx = model.config.n_ctx
     device = next(model.parameters()).device
     settings = settings.check()
-    with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as handle, \
+    with output_lines(out, total=len(examples), unit="completions") as writer, \
             progress_bar("generating", len(examples), enabled=show_progress, count=True) as bar:
         for index, example in enumerate(examples):
             ids = tokenizer.encode(example.prompt)
@@ -433,6 +407,6 @@ def generate_file(model, tokenizer, source: str | Path, out: str | Path, setting
             record["finish"] = outputs[0].finish
             if settings.beams > 1:
                 record["beams"] = [o.to_dict() for o in outputs]
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            writer.write(record)
             bar.advance(1)
     return len(examples)

@@ -9,22 +9,10 @@ import torch
 from ..errors import Gpt1Error
 from ..model.gpt import GPT
 from ..runtime import autocast
-from ..data.tokenizer import load_tokenizer
-from ..train.checkpoint import CHECKPOINTS, LATEST, Checkpoint, load_checkpoint
-from .data import Example
+from ..train.checkpoint import Checkpoint, load_checkpoint
+from .data import Example, label_key, label_text
 from .model import TaskModel, collate
 from .transforms import Specials, transform
-
-
-def start_finetune_run(from_run: str | Path, out: Path):
-    """The pre-trained checkpoint and tokenizer a fine-tuning run starts from, after checking that
-    ``out`` holds no run and the source is not fine-tuned already."""
-    if (out / CHECKPOINTS / LATEST).is_file():
-        raise Gpt1Error(f"{out} already holds a run: choose another --out")
-    source = load_checkpoint(from_run)
-    if source.task:
-        raise Gpt1Error(f"{source.path} is already fine-tuned ({source.task['name']}): start from a pre-trained run")
-    return source, load_tokenizer(source.tokenizer_path)
 
 
 def specials_of(tokenizer) -> Specials:
@@ -40,15 +28,15 @@ def label_indices(examples: list[Example], labels: list, regression: bool) -> li
     """Class indices in the checkpoint's label set (or float targets)."""
     if regression:
         return [float(e.label) for e in examples]
-    index = {label: i for i, label in enumerate(labels)}
-    # CSV gives "1" as the number 1, JSONL keeps the string: the same label either way.
-    by_text = {str(label): i for i, label in enumerate(labels)}
+    index = {label_key(label): i for i, label in enumerate(labels)}
+    # CSV gives "1" as the number 1 (and true as "true"), JSONL keeps the type: the same label either way.
+    by_text = {label_text(label): i for i, label in enumerate(labels)}
     out = []
     for example in examples:
-        if example.label in index and type(example.label) is type(labels[index[example.label]]):
-            out.append(index[example.label])
-        elif str(example.label) in by_text:
-            out.append(by_text[str(example.label)])
+        if label_key(example.label) in index:
+            out.append(index[label_key(example.label)])
+        elif label_text(example.label) in by_text:
+            out.append(by_text[label_text(example.label)])
         else:
             raise Gpt1Error(f"{example.where}: label {example.label!r} was not seen in training (labels: {labels})")
     return out
@@ -87,6 +75,11 @@ def task_state(model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return state
 
 
+def module_state(checkpoint_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Inverse of :func:`task_state`: checkpoint names -> :class:`TaskModel` names."""
+    return {("gpt." + k if not k.startswith("head.") else k): v for k, v in checkpoint_state.items()}
+
+
 def load_task_model(path: str | Path, device, task: str | None = None) -> tuple[TaskModel, Checkpoint]:
     """A fine-tuned checkpoint as a :class:`TaskModel` in eval mode."""
     checkpoint = load_checkpoint(path)
@@ -100,8 +93,7 @@ def load_task_model(path: str | Path, device, task: str | None = None) -> tuple[
         raise Gpt1Error(f"{checkpoint.path} was fine-tuned for the {info['name']} task, not {task}")
     gpt = GPT(checkpoint.config)
     model = TaskModel(gpt, info["name"], int(info["n_outputs"]))
-    state = {("gpt." + k if not k.startswith("head.") else k): v for k, v in checkpoint.state_dict.items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = model.load_state_dict(module_state(checkpoint.state_dict), strict=False)
     if missing or unexpected:
         raise Gpt1Error(f"{checkpoint.path}: weights do not fit the task model (missing {missing[:3]}, unexpected {unexpected[:3]})")
     return model.to(device).eval(), checkpoint
