@@ -128,7 +128,7 @@ def plain_name(name, what: str, source: str | os.PathLike) -> str:
     here before it is joined to a directory, so no recorded name can reach outside it.
     """
     if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name
-            or "\0" in name or name.startswith(".")):
+            or name.startswith(".") or not name.isprintable()):
         raise Gpt1Error(f"{source} names {what} {name!r}, which is not a plain file name in its folder: "
                         "the file is corrupt or was edited to point elsewhere")
     return name

@@ -40,7 +40,7 @@ def test_read_json_strips_a_bom_and_names_the_file(tmp_path):
         read_json(path, "manifest")
 
 
-@pytest.mark.parametrize("name", ["/etc/passwd", "../x.arrow", "a/b.arrow", "..", ".", "", ".hidden", "a\\b", "a\0b", 7, None])
+@pytest.mark.parametrize("name", ["/etc/passwd", "../x.arrow", "a/b.arrow", "..", ".", "", ".hidden", "a\\b", "a\0b", "a\nb", "a\rb", 7, None])
 def test_plain_name_rejects_anything_that_is_not_a_file_name_in_its_folder(name):
     with pytest.raises(Gpt1Error, match="not a plain file name"):
         plain_name(name, "shard", "manifest.json")
