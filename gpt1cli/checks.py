@@ -1,7 +1,7 @@
 """Range checks for numbers a user or a file supplies: finite, the right sign, within bounds.
 
 One function, :func:`check_number`, states the rule; :func:`option` turns it into a Typer
-callback so a bad option is refused at parse time with one usage line (exit 2), and library
+callback so a bad option is refused at parse time with one error line (exit 2), and library
 code (configs built from Python, resumed runs) calls :func:`check_number` directly.
 """
 
@@ -38,16 +38,17 @@ def check_number(value, name: str, *, minimum: float | None = None, maximum: flo
 
 def option(*, minimum: float | None = None, maximum: float | None = None,
            above: float | None = None, below: float | None = None):
-    """A Typer callback applying :func:`check_number` to an option (``callback=option(minimum=0)``)."""
-    import typer  # noqa: F401  (BadParameter below)
+    """A Typer callback applying :func:`check_number` to an option (``callback=option(minimum=0)``).
+
+    It raises :class:`Gpt1Error` naming the option, so a bad number is the same one ``error:``
+    line as every other bad input, before the command does anything.
+    """
 
     def callback(ctx, param, value):
         if ctx.resilient_parsing:
             return value
-        try:
-            return check_number(value, "value", minimum=minimum, maximum=maximum, above=above, below=below)
-        except Gpt1Error as exc:
-            raise typer.BadParameter(str(exc).removeprefix("value ")) from None
+        name = max(param.opts, key=len) if getattr(param, "opts", None) else param.name
+        return check_number(value, name, minimum=minimum, maximum=maximum, above=above, below=below)
 
     return callback
 

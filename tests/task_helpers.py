@@ -63,12 +63,12 @@ def run_subprocess(argv: list, *, timeout: float = 180) -> CliResult:
 
 
 def assert_refused_option(result: CliResult, option: str, reason: str) -> str:
-    """A number refused at parse time: exit 2, click's usage message naming the option and why, no traceback."""
+    """A number refused at parse time: exit 2, one ``error:`` line naming the option and why, no traceback."""
     assert result.code == 2, f"exit code {result.code}, stderr:\n{result.err}"
     assert "Traceback" not in result.err, result.err
-    line = next((l for l in result.err_lines if "Invalid value for" in l), None)
-    assert line is not None, result.err
-    assert f"'{option}'" in line and reason in line, line
+    assert len(result.err_lines) == 1, result.err
+    line = result.err_lines[0]
+    assert line.startswith("error: ") and option in line and reason in line, line
     return line
 
 
