@@ -199,6 +199,11 @@ def data_tables(section: dict) -> list[Table]:
                 rate = DASH if _status(record) else f"{record['tokens_per_s']:,.0f} tokens/s"
                 bench = "shard reader"
             table.rows.append([bench, setting, _ms(record), rate, _speedup(record), _note(record)])
+        ratio = case.get("tokenize_vs_raw_encode")
+        if isinstance(ratio, dict) and "ratio" in ratio:
+            table.rows.append([f"gpt1 tokenize vs raw encode, {ratio['text_bytes'] / 1e6:.0f} MB",
+                               f"{ratio['threads']} threads", DASH, f"{ratio['tokenize_mb_per_s']:,.2f} MB/s",
+                               f"{ratio['ratio']:.2f}x", f"raw encode {ratio['raw_encode_mb_per_s']:,.2f} MB/s"])
     if section.get("error"):
         table.rows.append(["(section)", DASH, "error", DASH, DASH, section["error"]])
     return [table]

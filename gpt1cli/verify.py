@@ -12,7 +12,8 @@ from pathlib import Path
 
 from .errors import Gpt1Error
 from .fileio import file_hash, plain_name, read_json
-from .train.checkpoint import BEST, CHECKPOINTS, LATEST, META, TOKENIZER, TRAINER_META, TRAINER_TENSORS, WEIGHTS, read_pointer
+from .train.checkpoint import (BEST, CHECKPOINTS, LATEST, META, TOKENIZER, TRAIN_STATE, TRAINER_META, TRAINER_TENSORS,
+                               WEIGHTS, read_pointer)
 
 MANIFEST = "manifest.json"
 
@@ -86,6 +87,16 @@ def _pointer_check(pointer: Path) -> Check | None:
     return Check(pointer, True, "ok")
 
 
+def _run_checks(root: Path) -> list[Check]:
+    """Every checkpoint folder under a run's ``checkpoints/`` and its ``latest``/``best`` pointers."""
+    folders = sorted(p for p in root.glob("step_*") if p.is_dir()) if root.is_dir() else []
+    if not folders:
+        return []
+    checks = [check for folder in folders for check in verify_checkpoint(folder)]
+    pointers = [_pointer_check(root / name) for name in (LATEST, BEST)]
+    return checks + [check for check in pointers if check is not None]
+
+
 def verify(path: str | Path) -> list[Check]:
     """All checks for a shard directory, a checkpoint folder, or a run directory (every checkpoint).
 
@@ -97,12 +108,10 @@ def verify(path: str | Path) -> list[Check]:
         return verify_shards(path)
     if (path / META).is_file():
         return verify_checkpoint(path)
-    root = path / CHECKPOINTS
-    folders = sorted(p for p in root.glob("step_*") if p.is_dir()) if root.is_dir() else []
-    if folders:
-        checks = [check for folder in folders for check in verify_checkpoint(folder)]
-        pointers = [_pointer_check(root / name) for name in (LATEST, BEST)]
-        return checks + [check for check in pointers if check is not None]
+    checks = _run_checks(path / CHECKPOINTS)
+    if checks:
+        # A fine-tuning run also keeps its resumable state in train-state/checkpoints/.
+        return checks + _run_checks(path / TRAIN_STATE / CHECKPOINTS)
     if not path.exists():
         raise Gpt1Error(f"not found: {path}")
     raise Gpt1Error(f"{path} is neither a shard directory, a checkpoint nor a run directory")

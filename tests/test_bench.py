@@ -223,3 +223,11 @@ def test_many_samples_are_kept_as_quantiles():
     quantiles = many["timing"]["quantiles_ms"]
     assert many["timing"]["n"] == 2 * MAX_RAW_SAMPLES + 1 and "samples_ms" not in many["timing"]
     assert quantiles["p0"] == 1.0 and quantiles["p50"] == many["median_ms"] and quantiles["p100"] == 2 * MAX_RAW_SAMPLES + 1
+
+
+def test_report_shows_the_tokenize_to_raw_encode_ratio():
+    from gpt1_benchmarks.report import data_tables
+
+    ratio = {"text_bytes": 4e7, "threads": 2, "raw_encode_mb_per_s": 9.0, "tokenize_mb_per_s": 9.22, "ratio": 1.0244}
+    rows = data_tables({"cases": [{"bench": "tokenizer-encode", "impls": {}, "tokenize_vs_raw_encode": ratio}]})[0].rows
+    assert rows == [["gpt1 tokenize vs raw encode, 40 MB", "2 threads", "-", "9.22 MB/s", "1.02x", "raw encode 9.00 MB/s"]]

@@ -226,6 +226,21 @@ def test_overwrite_replaces_a_finished_run_and_a_second_writer_is_refused(assets
             finetune(classify_config(assets, out, overwrite=True), show_progress=False)
 
 
+def test_verify_checks_the_training_state_of_a_fine_tuning_run(assets, tmp_path):
+    from gpt1cli.verify import verify
+
+    out = tmp_path / "run"
+    finetune(classify_config(assets, out, epochs=1), show_progress=False)
+    checks = verify(out)
+    state = [c for c in checks if "train-state" in c.path.parts]
+    assert state and all(c.ok for c in checks)
+    trainer = next(c.path for c in state if c.path.name == "trainer.safetensors")
+    data = trainer.read_bytes()
+    trainer.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
+    bad = [c for c in verify(out) if not c.ok]
+    assert [(c.path, c.detail) for c in bad] == [(trainer, "checksum mismatch")]
+
+
 def test_a_failed_run_leaves_no_directory_behind(assets, tmp_path, capsys):
     bad = th.write_task_jsonl(tmp_path / "bad.jsonl", [{"text": "only one class", "label": "a"}] * 4)
     with pytest.raises(Gpt1Error, match="only one label"):

@@ -38,6 +38,7 @@ from ..train.checkpoint import (
     CHECKPOINTS,
     LATEST,
     META,
+    TRAIN_STATE,
     TRAINER_META,
     Checkpoint,
     load_checkpoint,
@@ -52,7 +53,7 @@ from ..train.metrics import MetricsLog
 from ..train.optim import warmup_linear
 from ..train.signals import graceful_stop
 
-STATE = "train-state"
+STATE = TRAIN_STATE
 LOG = "metrics.jsonl"
 # Settings a resumed run may change: where and how it runs, not what it computes.
 RESUMABLE = ("device", "parallel", "dist_timeout", "max_bad_steps")

@@ -34,6 +34,7 @@ from ..fileio import atomic_write_json, atomic_write_text, clean_trash, file_has
 FORMAT = "gpt1-checkpoint"
 FORMAT_VERSION = 1
 CHECKPOINTS = "checkpoints"
+TRAIN_STATE = "train-state"  # a fine-tuning run's resumable state (its checkpoints/ hold the best model)
 LATEST = "latest"
 BEST = "best"
 WEIGHTS = "model.safetensors"
