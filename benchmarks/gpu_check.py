@@ -266,10 +266,18 @@ def _child_model(args, out: ChildOutput) -> None:
     out.data["requested"] = expected
     out.data["path_ok"] = str(step["path"]).startswith(expected)
     print(f"{expected} path: loss {step['loss']:.6g} ({step['path']})", flush=True)
-    if args.grads_out:
-        torch.save({"loss": step["loss"], "grads": step["grads"], "dtype": step["dtype"]}, args.grads_out)
+    if args.grads_out:  # safetensors, never pickle: the reference step travels between processes as data
+        from safetensors.torch import save_file
+
+        save_file({name: grad.contiguous() for name, grad in step["grads"].items()}, args.grads_out,
+                  metadata={"loss": repr(step["loss"]), "dtype": str(step["dtype"])})
     if args.ref:
-        reference = torch.load(args.ref)
+        from safetensors import safe_open
+
+        with safe_open(args.ref, framework="pt") as handle:
+            meta = handle.metadata()
+            reference = {"loss": float(meta["loss"]), "dtype": meta["dtype"],
+                         "grads": {name: handle.get_tensor(name) for name in handle.keys()}}
         comparison = compare_model_steps(reference, step)
         if not out.data["path_ok"]:
             comparison["status"] = "fail"
@@ -701,7 +709,7 @@ class GpuCheck:
 
     def stage_model(self, record: dict, allotted: float) -> None:
         start = time.monotonic()
-        grads = self.tmp / "model-torch-grads.pt"
+        grads = self.tmp / "model-torch-grads.safetensors"
         first = self.child("model", allotted * 0.45, {"GPT1_KERNELS": "torch", **FIXED_CONFIG_ENV},
                            "--path", "torch", "--grads-out", str(grads), label="model-torch")
         check = {"config": "fixed attention configs (GPT1_ATTENTION_AUTOTUNE=0); dropout off", "torch": first.data,
