@@ -77,9 +77,10 @@ def _run(argv: list[str]) -> str | None:
 
 
 def git_commit() -> str | None:
-    """``git rev-parse HEAD`` of the checkout; else ``GPT1_GIT_COMMIT`` (for copies without
-    ``.git``, such as a tree shipped to a GPU machine); else None."""
-    for commit in (_run(["git", "rev-parse", "HEAD"]), os.environ.get("GPT1_GIT_COMMIT", "").strip().lower()):
+    """``GPT1_GIT_COMMIT`` when set (a tree shipped to a GPU machine may carry a stale
+    ``.git``: seen on 2026-11-30, where ``git rev-parse`` named the commit before the one
+    shipped); else ``git rev-parse HEAD`` of the checkout; else None."""
+    for commit in (os.environ.get("GPT1_GIT_COMMIT", "").strip().lower(), _run(["git", "rev-parse", "HEAD"])):
         if commit and re.fullmatch(r"[0-9a-f]{40}", commit):
             return commit
     return None
