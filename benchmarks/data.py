@@ -19,7 +19,7 @@ import torch
 
 from gpt1cli.data.pipeline import tokenize_corpus
 from gpt1cli.data.shards import ShardDataset, WindowSampler
-from gpt1cli.data.tokenizer import SentencePieceTokenizer, train_sentencepiece
+from gpt1cli.tokenizer.sentencepiece_bpe import SentencePieceTokenizer, train_sentencepiece
 
 from .env import usable_cpus
 from .harness import Settings, error_text, guarded, speedup, summarize

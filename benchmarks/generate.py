@@ -1,6 +1,6 @@
 """Generation benchmark: greedy decoding with the KV cache against recomputing every position.
 
-``kv-cache`` is the toolkit's :func:`~gpt1cli.model.generate.generate_tokens`; ``no-cache``
+``kv-cache`` is the toolkit's :func:`~gpt1cli.model.generation.sampling.generate_tokens`; ``no-cache``
 runs the full forward over the whole sequence for each new token. Both hand every token to
 the host as it is produced, as an interactive decoder does. Times include the prompt's
 forward pass; tokens/s counts generated tokens only.
@@ -13,7 +13,7 @@ import time
 import torch
 
 from gpt1cli.config import preset
-from gpt1cli.model.generate import generate_tokens
+from gpt1cli.model.generation.sampling import generate_tokens
 from gpt1cli.model.gpt import GPT
 from gpt1cli.model.ops import describe_path
 

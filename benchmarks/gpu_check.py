@@ -289,6 +289,7 @@ def _child_model(args, out: ChildOutput) -> None:
 
 def _child_kernels(args, out: ChildOutput) -> None:
     from .checks import attention_check, free, run_check
+    from .dispatch import run_dispatch
     from .harness import guarded
     from .kernels import CONVENTIONS, copy_bandwidth, run_kernels, standard_specs, target_attention_shapes, target_specs
 
@@ -301,6 +302,13 @@ def _child_kernels(args, out: ChildOutput) -> None:
     bandwidth = section["copy_bandwidth"]
     print(f"copy bandwidth: {bandwidth['gbps']:,.0f} GB/s" if "gbps" in bandwidth else f"copy bandwidth: {bandwidth}",
           flush=True)
+    # Host time per call first: the first GPU run found it, not the kernels, setting small shapes'
+    # times and the training step's (about 1 ms per attention or LayerNorm forward+backward).
+    dispatch = guarded(settings, lambda: {"records": run_dispatch(settings)})
+    section["dispatch"] = dispatch.get("records", [])
+    if "records" not in dispatch:
+        section["dispatch_problem"] = dispatch.get("error") or dispatch.get("skipped")
+    out.save()
     # The attention kernels as the benchmarks run them (autotuned, the benchmark's first shape,
     # so the tuned configuration is the one timed next), checked before they are timed.
     shape = target_attention_shapes(settings)[0]

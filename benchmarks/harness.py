@@ -314,6 +314,17 @@ def guarded(settings: Settings, run: Callable[[], dict]) -> dict:
         free_memory(settings.device)
 
 
+def derive_speeds(entry: dict, rates: Callable[[dict, float], None]) -> dict:
+    """For each implementation of ``entry`` with a median time: ``rates(record, seconds)`` adds
+    its rates, then its speed-up over ``entry["baseline"]`` is set. Returns ``entry``."""
+    baseline = entry["impls"].get(entry["baseline"])
+    for record in entry["impls"].values():
+        if "median_ms" in record:
+            rates(record, record["median_ms"] / 1e3)
+            record["speedup"] = speedup(baseline, record)
+    return entry
+
+
 def speedup(baseline: dict | None, impl: dict) -> float | None:
     """``baseline time / impl time``; None when either is missing, failed or interpreted."""
     if not baseline or impl is baseline:

@@ -15,6 +15,9 @@ Groups (``op``/``mode``) and their implementations:
   ``F.cross_entropy``), ``compiled`` (the same under ``torch.compile``), ``ours`` (chunked
   ``linear_cross_entropy``).
 
+The standard sweep also records each entry point's host-side cost per call (the section's
+``dispatch`` list, see :mod:`gpt1_benchmarks.dispatch`).
+
 FLOPs and bytes are those of the operation, the same for every implementation, so TFLOP/s
 and GB/s are "useful" rates (see :func:`attention_flops` and :func:`layernorm_bytes`).
 
@@ -35,13 +38,14 @@ from typing import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
+from .dispatch import run_dispatch
 from .harness import (
     Settings,
+    derive_speeds,
     guarded,
     measure,
     peak_memory,
     reset_compiler,
-    speedup,
 )
 
 BASELINE = "eager"
@@ -383,19 +387,16 @@ def run_impl(impl: Impl, settings: Settings) -> dict:
 
 def derive(case: dict) -> dict:
     """Add rates and speed-ups over the baseline, from the recorded median times only."""
-    baseline = case["impls"].get(case["baseline"])
-    for impl in case["impls"].values():
-        if "median_ms" not in impl:
-            continue
-        seconds = impl["median_ms"] / 1e3
+
+    def rates(impl: dict, seconds: float) -> None:
         timed = not impl.get("interpreted") and seconds > 0
         flops = impl.get("flops", case.get("flops"))
         if flops is not None:
             impl["tflops"] = flops / seconds / 1e12 if timed else None
         if case.get("bytes") is not None:
             impl["gbps"] = case["bytes"] / seconds / 1e9 if timed else None
-        impl["speedup"] = speedup(baseline, impl)
-    return case
+
+    return derive_speeds(case, rates)
 
 
 def _run_case(case: dict, impls: list[Impl], settings: Settings, label: str) -> dict:
@@ -514,14 +515,24 @@ CONVENTIONS = {
                        "plus fp32 weight/bias and their grads",
     "cross_entropy_flops": "6*N*V*C (logits, grad hidden, grad weight)",
     "speedup": "baseline median_ms / impl median_ms (baseline: eager); null when interpreted or failed",
+    "dispatch": "host time per call (median_us) of each entry point on tiny tensors: with Triton launches "
+                "replaced by no-ops on the CPU (CPU time of the calling thread, one intra-op thread), and on "
+                "CUDA with real launches (wall time); torch: the matching built-in on the same tensors",
 }
 
 
 def run_kernels(settings: Settings, specs: Iterable[CaseSpec] | None = None,
                 on_case: Callable[[dict], None] | None = None) -> dict:
-    """Every kernel case (the standard sweep unless ``specs`` is given) on ``settings.device``."""
-    cases = run_specs(standard_specs(settings) if specs is None else specs, settings, on_case)
-    return {"conventions": dict(CONVENTIONS), "cases": cases}
+    """Every kernel case (the standard sweep unless ``specs`` is given) on ``settings.device``.
+
+    The standard sweep starts with the host overhead per call (``dispatch``), which takes
+    seconds, so a sweep that outlasts the time budget cannot crowd it out."""
+    dispatch = run_dispatch(settings) if specs is None else None
+    section = {"conventions": dict(CONVENTIONS),
+               "cases": run_specs(standard_specs(settings) if specs is None else specs, settings, on_case)}
+    if dispatch is not None:
+        section["dispatch"] = dispatch
+    return section
 
 
 # ----------------------------------------------------------------------------- copy bandwidth

@@ -54,6 +54,17 @@ def _save(plt, fig, path: Path, written: list[Path]) -> None:
     written.append(path)
 
 
+def _line_chart(plt, lines: dict[str, list[tuple[float, float]]]):
+    """``(fig, ax)`` with one line per entry of ``lines`` (its points sorted by x), a grid and a legend."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for name, points in lines.items():
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    return fig, ax
+
+
 def _kernel_charts(plt, results: dict, stem: Path, written: list[Path]) -> None:
     from .report import kernel_group
 
@@ -73,10 +84,7 @@ def _kernel_charts(plt, results: dict, stem: Path, written: list[Path]) -> None:
                     lines.setdefault(label, []).append((x_of(case), record[ykey]))
         if not lines:
             continue
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        for name, points in lines.items():
-            points.sort()
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+        fig, ax = _line_chart(plt, lines)
         ax.set_xscale("log", base=2)
         xs = sorted({p[0] for points in lines.values() for p in points})
         ax.set_xticks(xs, [str(x) for x in xs])
@@ -89,8 +97,6 @@ def _kernel_charts(plt, results: dict, stem: Path, written: list[Path]) -> None:
         if op == "cross-entropy" and len(vocabs) == 1:
             title += f", vocab {vocabs.pop()}"
         ax.set_title(f"{title}\n{device}", fontsize=10)
-        ax.grid(True, alpha=0.3)
-        ax.legend()
         suffix = f"-dropout-{_slug(f'{dropout:g}')}" if dropout else ""
         _save(plt, fig, stem.with_name(f"{stem.name}-{_slug(op)}-{_slug(mode)}{suffix}.png"), written)
 
@@ -119,16 +125,11 @@ def _generate_chart(plt, results: dict, stem: Path, written: list[Path]) -> None
                 lines.setdefault(name, []).append((case["prompt_tokens"], record["tokens_per_s"]))
     if not lines:
         return
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for name, points in lines.items():
-        points.sort()
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+    fig, ax = _line_chart(plt, lines)
     ax.set_xlabel("prompt tokens")
     ax.set_ylabel("generated tokens/s")
     ax.set_title(f"generation ({cases[0]['preset']} preset, {cases[0]['new_tokens']} new tokens)\n"
                  f"{results.get('env', {}).get('device_name', '')}", fontsize=10)
-    ax.grid(True, alpha=0.3)
-    ax.legend()
     _save(plt, fig, stem.with_name(f"{stem.name}-generate.png"), written)
 
 
@@ -147,19 +148,18 @@ def write_plots(results: dict, json_path: str | Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from .report import load_results
+    from .report import load_results, run_command
 
     parser = argparse.ArgumentParser(prog="python -m gpt1_benchmarks.plots",
                                      description="Draw the PNG charts of a gpt1 bench results file beside it.")
     parser.add_argument("path", help="results JSON file")
     args = parser.parse_args(argv)
-    try:
+
+    def draw() -> None:
         for chart in write_plots(load_results(args.path), args.path):
             print(chart)
-    except Gpt1Error as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_command(draw)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from gpt1cli.errors import Gpt1Error
 from gpt1cli.fileio import read_json
@@ -135,6 +136,8 @@ def kernel_tables(section: dict) -> list[Table]:
         tables.append(table)
     if section.get("cases"):
         tables.append(kernel_summary(section))
+    if section.get("dispatch"):
+        tables.append(dispatch_table(section["dispatch"]))
     return tables
 
 
@@ -156,6 +159,25 @@ def kernel_summary(section: dict) -> Table:
             versus = f"{best['median_ms'] / ours['median_ms']:.2f}x" if best else DASH
         table.rows.append([case["op"], case["mode"], _shape_text(case), best_name,
                            _num(best.get("median_ms")), _ms(ours), _speedup(ours), versus])
+    return table
+
+
+def _us(record: dict) -> str:
+    return _status(record) or _num(record.get("median_us"), 3)
+
+
+def dispatch_table(records: list[dict]) -> Table:
+    """Host time per call of each entry point, ours against the PyTorch built-in."""
+    table = Table("host overhead per call (us, tiny shapes): ours against the PyTorch built-in",
+                  ["entry point", "mode", "launches", "device", "ours us", "torch us", "ours / torch", "note"],
+                  numeric={4, 5, 6})
+    for record in records:
+        ours, builtin = record["impls"].get("ours", {}), record["impls"].get("torch", {})
+        timed = "median_us" in ours and "median_us" in builtin and builtin["median_us"] > 0
+        table.rows.append([record["op"], record["mode"], record.get("launches", DASH), record.get("device", DASH),
+                           _us(ours) if ours else DASH, _us(builtin) if builtin else DASH,
+                           f"{ours['median_us'] / builtin['median_us']:.2f}x" if timed else DASH,
+                           record.get("skipped") or _note(ours) or _note(builtin)])
     return table
 
 
@@ -357,6 +379,16 @@ def latest_results(directory: str | Path = RESULTS_DIR, *, device_type: str | No
     return max(found)[3]
 
 
+def run_command(action: Callable[[], None]) -> int:
+    """Exit status of a command-line ``action``: 0, or 2 with a one-line error for a Gpt1Error."""
+    try:
+        action()
+    except Gpt1Error as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gpt1_benchmarks.report",
                                      description="Print a gpt1 bench results file as Markdown tables.")
@@ -367,15 +399,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--section", action="append", choices=(*SECTION_ORDER, GPU_CHECK),
                         help="only this section (repeatable; default: all)")
     args = parser.parse_args(argv)
-    try:
+
+    def print_tables() -> None:
         path = Path(args.path)
         if path.is_dir():
             path = latest_results(path, device_type=None if args.any_device else "cuda")
         sys.stdout.write(render_markdown(load_results(path), args.section))
-    except Gpt1Error as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_command(print_tables)
 
 
 if __name__ == "__main__":

@@ -25,10 +25,10 @@ from .env import device_name, peak_bf16_flops
 from .harness import (
     Settings,
     autocast_for,
+    derive_speeds,
     guarded,
     kernel_path,
     reset_compiler,
-    speedup,
     summarize,
     synchronize,
 )
@@ -184,14 +184,11 @@ def run_train(settings: Settings, cases: list[TrainCase] | None = None, paths: l
 
 def derive(entry: dict) -> dict:
     """Tokens/s, MFU and speed-up over eager, from the recorded median step times."""
-    baseline = entry["impls"].get(entry["baseline"])
-    for record in entry["impls"].values():
-        if "median_ms" not in record:
-            continue
-        seconds = record["median_ms"] / 1e3
+
+    def rates(record: dict, seconds: float) -> None:
         record["tokens_per_s"] = entry["tokens_per_step"] / seconds
         flops = entry["flops_per_token"] * record["tokens_per_s"]
         record["mfu"] = flops / entry["peak_flops"] if entry["peak_flops"] else None
-        record["speedup"] = speedup(baseline, record)
-    return entry
+
+    return derive_speeds(entry, rates)
 

@@ -96,42 +96,48 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
-# Shapes by name; the vocabulary size always comes from the tokenizer.
-PRESETS: dict[str, dict] = {
-    "tiny": dict(n_ctx=64, n_layer=2, n_head=2, d_model=64, d_ff=256),
-    "mini": dict(n_ctx=128, n_layer=4, n_head=4, d_model=128, d_ff=512),
-    "small": dict(n_ctx=256, n_layer=6, n_head=8, d_model=384, d_ff=1536),
-    "gpt1": dict(n_ctx=512, n_layer=12, n_head=12, d_model=768, d_ff=3072),
-    # The GPT-3 size table (Brown et al., 2020): GPT-2's architecture, context 2048, MLP 4 x d_model.
-    "gpt3-small": dict(arch="gpt2", n_ctx=2048, n_layer=12, n_head=12, d_model=768, d_ff=3072),
-    "gpt3-medium": dict(arch="gpt2", n_ctx=2048, n_layer=24, n_head=16, d_model=1024, d_ff=4096),
-    "gpt3-large": dict(arch="gpt2", n_ctx=2048, n_layer=24, n_head=16, d_model=1536, d_ff=6144),
-    # The paper lists XL with 24 heads of 128, which does not multiply to 2048: we keep d_head 128.
-    "gpt3-xl": dict(arch="gpt2", n_ctx=2048, n_layer=24, n_head=16, d_model=2048, d_ff=8192),
-}
+@dataclass(frozen=True)
+class Preset:
+    """A model size: its architecture and shape, and the pre-training defaults that suit it."""
 
-# Training defaults per preset. gpt1 follows the paper (64 x 512 tokens, lr 2.5e-4, 2000
-# warm-up steps); the small presets use larger rates so a CPU sees progress in minutes.
-TRAIN_DEFAULTS: dict[str, dict] = {
-    "tiny": dict(batch_size=16, lr=2e-3, steps=200),
-    "mini": dict(batch_size=16, lr=1e-3, steps=1000),
-    "small": dict(batch_size=32, lr=6e-4, steps=5000),
-    "gpt1": dict(batch_size=64, lr=2.5e-4, steps=100_000),
-    # GPT-3's batches are 0.5M-1M tokens (256-512 sequences of 2048); use --grad-accum to reach them.
-    "gpt3-small": dict(batch_size=256, lr=6.0e-4, steps=100_000),
-    "gpt3-medium": dict(batch_size=256, lr=3.0e-4, steps=100_000),
-    "gpt3-large": dict(batch_size=256, lr=2.5e-4, steps=100_000),
-    "gpt3-xl": dict(batch_size=512, lr=2.0e-4, steps=100_000),
+    arch: str
+    shape: dict  # ModelConfig's n_ctx, n_layer, n_head, d_model, d_ff; the vocabulary comes from the tokenizer
+    batch_size: int
+    lr: float
+    steps: int
+
+
+# gpt1 follows the paper (64 x 512 tokens, lr 2.5e-4); the small presets use larger rates so a CPU
+# sees progress in minutes.
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset("gpt1", dict(n_ctx=64, n_layer=2, n_head=2, d_model=64, d_ff=256), batch_size=16, lr=2e-3, steps=200),
+    "mini": Preset("gpt1", dict(n_ctx=128, n_layer=4, n_head=4, d_model=128, d_ff=512), batch_size=16, lr=1e-3,
+                   steps=1000),
+    "small": Preset("gpt1", dict(n_ctx=256, n_layer=6, n_head=8, d_model=384, d_ff=1536), batch_size=32, lr=6e-4,
+                    steps=5000),
+    "gpt1": Preset("gpt1", dict(n_ctx=512, n_layer=12, n_head=12, d_model=768, d_ff=3072), batch_size=64, lr=2.5e-4,
+                   steps=100_000),
+    # The GPT-3 size table (Brown et al., 2020): GPT-2's architecture, context 2048, MLP 4 x d_model.
+    # Its batches are 0.5M-1M tokens (256-512 sequences of 2048); use --grad-accum to reach them.
+    "gpt3-small": Preset("gpt2", dict(n_ctx=2048, n_layer=12, n_head=12, d_model=768, d_ff=3072), batch_size=256,
+                         lr=6.0e-4, steps=100_000),
+    "gpt3-medium": Preset("gpt2", dict(n_ctx=2048, n_layer=24, n_head=16, d_model=1024, d_ff=4096), batch_size=256,
+                          lr=3.0e-4, steps=100_000),
+    "gpt3-large": Preset("gpt2", dict(n_ctx=2048, n_layer=24, n_head=16, d_model=1536, d_ff=6144), batch_size=256,
+                         lr=2.5e-4, steps=100_000),
+    # The paper lists XL with 24 heads of 128, which does not multiply to 2048: we keep d_head 128.
+    "gpt3-xl": Preset("gpt2", dict(n_ctx=2048, n_layer=24, n_head=16, d_model=2048, d_ff=8192), batch_size=512,
+                      lr=2.0e-4, steps=100_000),
 }
 
 
 def preset(name: str, vocab_size: int, **overrides) -> ModelConfig:
-    """The model config of preset ``name`` for a tokenizer of ``vocab_size`` tokens."""
+    """The model config of preset ``name`` for a tokenizer of ``vocab_size`` tokens; an override
+    of None keeps the preset's value."""
     if name not in PRESETS:
         raise Gpt1Error(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    settings = {**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}}
-    if "arch" in PRESETS[name] and overrides.get("arch") == "gpt1":
-        settings["arch"] = PRESETS[name]["arch"]  # GPT-3 presets are defined on the gpt2 architecture
+    record = PRESETS[name]
+    settings = {"arch": record.arch, **record.shape, **{k: v for k, v in overrides.items() if v is not None}}
     return ModelConfig(vocab_size=vocab_size, **settings)
 
 

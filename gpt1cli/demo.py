@@ -16,13 +16,14 @@ from .data.pipeline import tokenize_corpus
 from .data.shards import ShardDataset
 from .errors import Gpt1Error
 from .fileio import remove_tree
-from .model.generate import DecodeSettings, complete
+from .model.generation.completion import DecodeSettings, complete
 from .model.loading import model_from_checkpoint, tokenizer_for
 from .runtime import pick_device
 from .tasks.cloze import make_cloze
-from .tasks.evaluate import evaluate_task, zero_shot_mcq
+from .tasks.fewshot import zero_shot_mcq
 from .tasks.finetune import FinetuneConfig, finetune
-from .train.evaluate import evaluate_lm
+from .tasks.head_eval import evaluate_task
+from .train.lm_eval import evaluate_lm
 from .train.pretrain import PretrainConfig, pretrain
 
 DEMO_PROMPT = "Return a new list"

@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .checkpoint import (BEST, CHECKPOINTS, LATEST, META, TOKENIZER, TRAIN_STATE, TRAINER_META, TRAINER_TENSORS, WEIGHTS,
+                         read_pointer)
 from .errors import Gpt1Error
 from .fileio import file_hash, plain_name, read_json
-from .train.checkpoint import (BEST, CHECKPOINTS, LATEST, META, TOKENIZER, TRAIN_STATE, TRAINER_META, TRAINER_TENSORS,
-                               WEIGHTS, read_pointer)
 
 MANIFEST = "manifest.json"
 

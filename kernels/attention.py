@@ -26,6 +26,7 @@ uses the fixed configuration for its head dim and dtype, and results are bit-ide
 across processes on the same GPU and software.
 """
 
+import functools
 import math
 import os
 from typing import Optional, Sequence, Tuple
@@ -34,7 +35,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .availability import kernel_device, triton_interpreting
+from . import eager
+from .availability import kernel_device
+from .host import INTERPRETING, as_dtype, cdiv, next_power_of_2
 
 try:
     from triton.runtime.errors import OutOfResources
@@ -480,7 +483,7 @@ def smem_estimate(which: str, cfg, head_dim: int, elem_bytes: int) -> int:
     """Estimated shared memory (bytes) of ``cfg`` for kernel ``which`` at ``head_dim``."""
     rows_key, streamed_key, resident, streamed = _SMEM_SHAPES[which]
     rows, cols = cfg.kwargs[rows_key], cfg.kwargs[streamed_key]
-    d = max(16, triton.next_power_of_2(int(head_dim)))
+    d = _block_d(int(head_dim))
     stages = max(cfg.num_stages, 1)
     return elem_bytes * (resident * rows * d + stages * streamed * cols * d + rows * cols)
 
@@ -514,36 +517,28 @@ def _configs(entries: Sequence[Tuple[int, int, int, int]]):
 
 _TUNE_KEY = ["HEAD_DIM", "TQ_BUCKET", "TK_BUCKET", "CAUSAL", "HAS_WINDOW", "DROPOUT", "DOT_PREC"]
 
+
+def _autotuned(kernel, which: str, entries: Sequence[Tuple[int, int, int, int]]):
+    return triton.autotune(configs=_configs(entries), key=_TUNE_KEY,
+                           prune_configs_by={"early_config_prune": _autotune_pruner(which)})(kernel)
+
+
 # Not in the forward list: (BLOCK_M 128, BLOCK_N 32, 4 warps, 3 stages). On an H200 with
 # triton 3.6 it made an illegal memory access without dropout (2026-11-30, alone among the
 # configs of the three kernels, each launched on its own at B 32, H 12, T 512, D 64 bf16,
 # with and without dropout); as a candidate it poisoned the CUDA context while autotuning.
-_fwd_tuned = triton.autotune(
-    configs=_configs([
-        (128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 4, 4), (128, 64, 4, 3), (128, 64, 8, 3),
-        (64, 64, 4, 3), (64, 64, 4, 2), (64, 32, 4, 4), (64, 32, 4, 2),
-    ]),
-    key=_TUNE_KEY,
-    prune_configs_by={"early_config_prune": _autotune_pruner("fwd")},
-)(_attn_fwd)
-
-_dq_tuned = triton.autotune(
-    configs=_configs([
-        (128, 64, 8, 3), (128, 64, 4, 2), (128, 32, 4, 3), (128, 32, 8, 2),
-        (64, 64, 4, 3), (64, 64, 4, 2), (64, 32, 4, 3), (64, 32, 4, 2),
-    ]),
-    key=_TUNE_KEY,
-    prune_configs_by={"early_config_prune": _autotune_pruner("dq")},
-)(_attn_bwd_dq)
-
-_dkdv_tuned = triton.autotune(
-    configs=_configs([
-        (32, 128, 4, 3), (32, 128, 8, 2), (64, 128, 8, 2), (64, 128, 8, 3),
-        (32, 64, 4, 3), (32, 64, 4, 2), (64, 64, 4, 3), (64, 64, 4, 2),
-    ]),
-    key=_TUNE_KEY,
-    prune_configs_by={"early_config_prune": _autotune_pruner("dkdv")},
-)(_attn_bwd_dkdv)
+_fwd_tuned = _autotuned(_attn_fwd, "fwd", [
+    (128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 4, 4), (128, 64, 4, 3), (128, 64, 8, 3),
+    (64, 64, 4, 3), (64, 64, 4, 2), (64, 32, 4, 4), (64, 32, 4, 2),
+])
+_dq_tuned = _autotuned(_attn_bwd_dq, "dq", [
+    (128, 64, 8, 3), (128, 64, 4, 2), (128, 32, 4, 3), (128, 32, 8, 2),
+    (64, 64, 4, 3), (64, 64, 4, 2), (64, 32, 4, 3), (64, 32, 4, 2),
+])
+_dkdv_tuned = _autotuned(_attn_bwd_dkdv, "dkdv", [
+    (32, 128, 4, 3), (32, 128, 8, 2), (64, 128, 8, 2), (64, 128, 8, 3),
+    (32, 64, 4, 3), (32, 64, 4, 2), (64, 64, 4, 3), (64, 64, 4, 2),
+])
 
 # Small problems (Tq * Tk) skip tuning: it would cost a compile per config for every new
 # shape, and their run time is expected to be dominated by the launch (not measured here).
@@ -553,7 +548,7 @@ _FIXED = {
     "dq": _configs([(64, 64, 4, 2), (64, 32, 4, 2)]),
     "dkdv": _configs([(32, 64, 4, 2), (32, 32, 4, 2)]),
 }
-# Index into the fixed candidates that launched, per (kernel, device, dtype, meta).
+# The fixed candidates and the index of the one that launched, per (kernel, device, dtype, meta).
 _FIXED_CHOICE: dict = {}
 
 
@@ -571,7 +566,7 @@ def use_fixed_config(pairs: int) -> bool:
 
 def launch_grid(bh: int, rows: int, block: int) -> Tuple[int, int]:
     """The ``(batch * heads, row blocks)`` grid, checked against CUDA's limits per axis."""
-    blocks = triton.cdiv(int(rows), int(block))
+    blocks = cdiv(int(rows), int(block))
     if bh > _MAX_GRID_X:
         raise ValueError(f"batch * heads = {bh} is more than the {_MAX_GRID_X} programs a CUDA grid axis takes")
     if blocks > _MAX_GRID_YZ:
@@ -582,9 +577,9 @@ def launch_grid(bh: int, rows: int, block: int) -> Tuple[int, int]:
 
 def _launch_fixed(kernel, which: str, rows: int, block_key: str, bh: int, args: tuple, meta: dict) -> None:
     q = args[0]
-    candidates = fixed_candidates(which, meta["HEAD_DIM"], q.element_size())
-    key = (which, q.device, q.dtype, tuple(sorted(meta.items())))
-    for index in range(_FIXED_CHOICE.get(key, 0), len(candidates)):
+    key = (which, q.device, q.dtype, tuple(meta.items()))
+    candidates, start = _FIXED_CHOICE.get(key) or (fixed_candidates(which, meta["HEAD_DIM"], q.element_size()), 0)
+    for index in range(start, len(candidates)):
         cfg = candidates[index]
         try:
             kernel[launch_grid(bh, rows, cfg.kwargs[block_key])](
@@ -595,14 +590,14 @@ def _launch_fixed(kernel, which: str, rows: int, block_key: str, bh: int, args: 
             if index + 1 == len(candidates):
                 raise
             continue
-        _FIXED_CHOICE[key] = index
+        _FIXED_CHOICE[key] = (candidates, index)
         return
 
 
 def _launch(kernel, tuned, which: str, rows: int, block_key: str, bh: int, args: tuple, meta: dict, pairs: int):
     """Launch with fixed blocks (interpreter, small problems, tuning off, deterministic mode) or
     through the autotuner."""
-    if triton_interpreting():
+    if INTERPRETING:
         blocks = INTERPRET_BLOCKS[which]
         kernel[launch_grid(bh, rows, blocks[block_key])](*args, **meta, **blocks)
     elif use_fixed_config(pairs):
@@ -618,36 +613,43 @@ def _launch(kernel, tuned, which: str, rows: int, block_key: str, bh: int, args:
 
 def _bucket(n: int) -> int:
     """Sequence-length bucket for the autotuner key (powers of two, at least 64)."""
-    return max(64, triton.next_power_of_2(max(int(n), 1)))
+    return max(64, next_power_of_2(n))
 
 
-def _dot_precision(dtype: torch.dtype) -> str:
-    if dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest":
-        return "ieee"
-    return "tf32"
+def _block_d(head_dim: int) -> int:
+    return max(16, next_power_of_2(head_dim))
 
 
 def _strides(t: torch.Tensor) -> Tuple[int, int, int]:
-    return t.stride(0), t.stride(1), t.stride(2)
+    return t.stride()[:3]
 
 
-def _unit_last(t: torch.Tensor) -> torch.Tensor:
+def _unit_last(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` in ``dtype`` with unit stride on the head dim (copies only if it must)."""
+    t = as_dtype(t, dtype)
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _meta(q: torch.Tensor, causal: bool, window: Optional[int], key_lengths, dropout_p: float) -> dict:
-    d = q.shape[-1]
-    block_d = max(16, triton.next_power_of_2(d))
+@functools.lru_cache(maxsize=None)
+def _cached_meta(d: int, causal: bool, window: bool, key_lengths: bool, dropout: bool, dot_prec: str) -> dict:
+    block_d = _block_d(d)
     return {
         "HEAD_DIM": d,
         "BLOCK_D": block_d,
         "EVEN_D": d == block_d,
-        "CAUSAL": bool(causal),
-        "HAS_WINDOW": window is not None,
-        "HAS_KEYLEN": key_lengths is not None,
-        "DROPOUT": dropout_p > 0.0,
-        "DOT_PREC": _dot_precision(q.dtype),
+        "CAUSAL": causal,
+        "HAS_WINDOW": window,
+        "HAS_KEYLEN": key_lengths,
+        "DROPOUT": dropout,
+        "DOT_PREC": dot_prec,
     }
+
+
+def _meta(q: torch.Tensor, causal: bool, window: Optional[int], key_lengths, dropout_p: float) -> dict:
+    """The kernels' compile-time arguments (a shared dict: never modify it)."""
+    ieee = q.dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest"
+    return _cached_meta(q.shape[-1], bool(causal), window is not None, key_lengths is not None, dropout_p > 0.0,
+                        "ieee" if ieee else "tf32")
 
 
 def seed_value(seed: Optional[torch.Tensor]) -> int:
@@ -662,6 +664,7 @@ def dropout_threshold(p: float) -> int:
 
 
 def _forward_impl(q, k, v, key_lengths, seed, causal, window, scale, dropout_p):
+    """``(out, lse)``: the attention output and the per-row log-sum-exp (fp32, log2 units)."""
     B, H, Tq, D = q.shape
     Tk = k.shape[2]
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
@@ -673,7 +676,8 @@ def _forward_impl(q, k, v, key_lengths, seed, causal, window, scale, dropout_p):
         out.zero_()
         lse.fill_(float("inf"))
         return out, lse
-    q, k, v = _unit_last(q), _unit_last(k.to(q.dtype)), _unit_last(v.to(q.dtype))
+    dtype = q.dtype
+    q, k, v = _unit_last(q, dtype), _unit_last(k, dtype), _unit_last(v, dtype)
     keylen = key_lengths if key_lengths is not None else q  # placeholder pointer, never read
     args = (q, k, v, out, lse, keylen, *_strides(q), *_strides(k), *_strides(v), *_strides(out),
             H, Tq, Tk, 0 if window is None else int(window), seed_value(seed), float(scale) * _LOG2E,
@@ -684,6 +688,7 @@ def _forward_impl(q, k, v, key_lengths, seed, causal, window, scale, dropout_p):
 
 
 def _backward_impl(grad_out, q, k, v, out, lse, key_lengths, seed, causal, window, scale, dropout_p):
+    """``(dq, dk, dv)`` from the saved inputs, output and log-sum-exp."""
     B, H, Tq, D = q.shape
     Tk = k.shape[2]
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
@@ -693,71 +698,44 @@ def _backward_impl(grad_out, q, k, v, out, lse, key_lengths, seed, causal, windo
         return dq.zero_(), dk.zero_(), dv.zero_()
     # The kernels' dots need one operand dtype: an upstream gradient in another dtype (fp32
     # from a loss, say) is cast to the inputs' dtype, as the unfused backward would see it.
-    grad_out, out, k, v = (t.to(q.dtype) for t in (grad_out, out, k, v))
-    grad_out, q, k, v, out = (_unit_last(t) for t in (grad_out, q, k, v, out))
-    block_d = max(16, triton.next_power_of_2(D))
+    dtype = q.dtype
+    grad_out, q, k, v, out = (_unit_last(t, dtype) for t in (grad_out, q, k, v, out))
     delta = torch.empty((B, H, Tq), dtype=torch.float32, device=q.device)
-    delta_block = INTERPRET_BLOCKS["delta"]["BLOCK_M"] if triton_interpreting() else 64
+    delta_block = INTERPRET_BLOCKS["delta"]["BLOCK_M"] if INTERPRETING else 64
     _attn_bwd_delta[launch_grid(B * H, Tq, delta_block)](
         out, grad_out, delta, *_strides(out), *_strides(grad_out), H, Tq,
-        HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=delta_block,
+        HEAD_DIM=D, BLOCK_D=_block_d(D), BLOCK_M=delta_block,
     )
     keylen = key_lengths if key_lengths is not None else q
     meta = _meta(q, causal, window, key_lengths, dropout_p)
+    input_strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(grad_out))
     common = (H, Tq, Tk, 0 if window is None else int(window), seed_value(seed),
               float(scale), float(scale) * _LOG2E, float(dropout_p), dropout_threshold(dropout_p),
               _bucket(Tq), _bucket(Tk))
     _launch(_attn_bwd_dkdv, _dkdv_tuned, "dkdv", Tk, "BLOCK_N", B * H,
-            (q, k, v, grad_out, dk, dv, lse, delta, keylen, *_strides(q), *_strides(k), *_strides(v),
-             *_strides(grad_out), *_strides(dk), *_strides(dv), *common), meta, Tq * Tk)
+            (q, k, v, grad_out, dk, dv, lse, delta, keylen, *input_strides, *_strides(dk), *_strides(dv), *common),
+            meta, Tq * Tk)
     _launch(_attn_bwd_dq, _dq_tuned, "dq", Tq, "BLOCK_M", B * H,
-            (q, k, v, grad_out, dq, lse, delta, keylen, *_strides(q), *_strides(k), *_strides(v),
-             *_strides(grad_out), *_strides(dq), *common), meta, Tq * Tk)
+            (q, k, v, grad_out, dq, lse, delta, keylen, *input_strides, *_strides(dq), *common), meta, Tq * Tk)
     return dq, dk, dv
 
 
 # --------------------------------------------------------------------------------------------
-# torch.library custom ops (opaque to torch.compile, differentiable through register_autograd)
+# The op: a torch.library custom op for torch.compile, an autograd.Function for eager calls
 # --------------------------------------------------------------------------------------------
 
-
-@torch.library.custom_op("gpt1::flash_attention_fwd", mutates_args=())
-def _flash_attention_fwd(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    key_lengths: Optional[torch.Tensor],
-    seed: Optional[torch.Tensor],
-    causal: bool,
-    window: Optional[int],
-    scale: float,
-    dropout_p: float,
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    return _forward_impl(q, k, v, key_lengths, seed, causal, window, scale, dropout_p)
+_flash_attention_fwd = eager.custom_op("flash_attention_fwd", _forward_impl, (
+    "(Tensor q, Tensor k, Tensor v, Tensor? key_lengths, Tensor? seed, bool causal, SymInt? window, float scale, "
+    "float dropout_p) -> (Tensor, Tensor)"))
+_flash_attention_bwd = eager.custom_op("flash_attention_bwd", _backward_impl, (
+    "(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? key_lengths, Tensor? seed, "
+    "bool causal, SymInt? window, float scale, float dropout_p) -> (Tensor, Tensor, Tensor)"))
 
 
 @_flash_attention_fwd.register_fake
 def _(q, k, v, key_lengths, seed, causal, window, scale, dropout_p):
     B, H, Tq, _ = q.shape
     return q.new_empty(q.shape), q.new_empty((B, H, Tq), dtype=torch.float32)
-
-
-@torch.library.custom_op("gpt1::flash_attention_bwd", mutates_args=())
-def _flash_attention_bwd(
-    grad_out: torch.Tensor,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    out: torch.Tensor,
-    lse: torch.Tensor,
-    key_lengths: Optional[torch.Tensor],
-    seed: Optional[torch.Tensor],
-    causal: bool,
-    window: Optional[int],
-    scale: float,
-    dropout_p: float,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _backward_impl(grad_out, q, k, v, out, lse, key_lengths, seed, causal, window, scale, dropout_p)
 
 
 @_flash_attention_bwd.register_fake
@@ -772,14 +750,23 @@ def _setup_context(ctx, inputs, output):
     ctx.causal, ctx.window, ctx.scale, ctx.dropout_p = causal, window, scale, dropout_p
 
 
-def _backward(ctx, grad_out, grad_lse):
+def _input_grads(ctx, grad_out, backward_impl):
     q, k, v, out, lse, key_lengths, seed = ctx.saved_tensors
-    dq, dk, dv = _flash_attention_bwd(grad_out, q, k, v, out, lse, key_lengths, seed, ctx.causal, ctx.window,
-                                      ctx.scale, ctx.dropout_p)
+    dq, dk, dv = backward_impl(grad_out, q, k, v, out, lse, key_lengths, seed, ctx.causal, ctx.window,
+                               ctx.scale, ctx.dropout_p)
     return dq, dk, dv, None, None, None, None, None, None
 
 
+def _backward(ctx, grad_out, _grad_lse):
+    return _input_grads(ctx, grad_out, _flash_attention_bwd)
+
+
+def _eager_backward(ctx, grad_out, _grad_lse):
+    return _input_grads(ctx, grad_out, eager.backward_path(_flash_attention_bwd, _backward_impl))
+
+
 _flash_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+_FlashAttention = eager.autograd_function("FlashAttention", _forward_impl, _setup_context, _eager_backward, 1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -788,9 +775,11 @@ _flash_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _common_dtype(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.dtype:
-    device_type = q.device.type
+    device_type = "cuda" if q.is_cuda else q.device.type
     if torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
+    if q.dtype == k.dtype == v.dtype:
+        return q.dtype
     return torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
 
 
@@ -841,14 +830,15 @@ def flash_attention(
             raise ValueError(f"key_lengths must have shape ({B},), not {tuple(key_lengths.shape)}")
         key_lengths = key_lengths.to(device=q.device, dtype=torch.int32)
     dtype = _common_dtype(q, k, v)
-    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    q, k, v = as_dtype(q, dtype), as_dtype(k, dtype), as_dtype(v, dtype)
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     if not (scale > 0.0 and math.isfinite(scale)):
         # The kernels take the row max of unscaled scores, which a negative scale would invert.
         raise ValueError(f"scale must be a positive finite number, not {scale}")
     dropout_p = float(dropout_p)
     seed_t = _seed_tensor(seed) if dropout_p > 0.0 else None
-    out, _ = _flash_attention_fwd(q, k, v, key_lengths, seed_t, bool(causal), window, scale, dropout_p)
+    args = (q, k, v, key_lengths, seed_t, bool(causal), window, scale, dropout_p)
+    out, _ = eager.call(_flash_attention_fwd, _FlashAttention, _forward_impl, args, (q, k, v))
     return out
 
 
@@ -869,7 +859,7 @@ def attention_keep_mask(
     out = torch.empty((B, H, Tq, Tk), dtype=torch.int8, device=device)
     if out.numel() == 0:
         return out.bool()
-    blocks = INTERPRET_BLOCKS["mask"] if triton_interpreting() else {"BLOCK_M": 64, "BLOCK_N": 64}
-    grid = (B * H, triton.cdiv(Tq, blocks["BLOCK_M"]), triton.cdiv(Tk, blocks["BLOCK_N"]))
+    blocks = INTERPRET_BLOCKS["mask"] if INTERPRETING else {"BLOCK_M": 64, "BLOCK_N": 64}
+    grid = (B * H, cdiv(Tq, blocks["BLOCK_M"]), cdiv(Tk, blocks["BLOCK_N"]))
     _keep_mask_kernel[grid](out, Tq, Tk, seed_value(_seed_tensor(seed)), dropout_threshold(dropout_p), **blocks)
     return out.bool()

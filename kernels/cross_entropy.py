@@ -31,11 +31,12 @@ import torch
 import triton
 import triton.language as tl
 
-from .availability import triton_interpreting
+from . import eager
+from .host import INTERPRETING, as_dtype, cdiv, next_power_of_2, on_device
+from .reference import check_reduction, reduce_losses
 
 __all__ = ["cross_entropy", "default_chunk_size", "linear_cross_entropy"]
 
-_REDUCTIONS = ("mean", "sum", "none")
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -134,29 +135,17 @@ def _logits_to_grad_kernel(
 
 def _block_v(n_cols: int) -> tuple[int, int]:
     """``(BLOCK_V, num_warps)`` for rows of ``n_cols`` logits."""
-    if triton_interpreting():
+    if INTERPRETING:
         # Small blocks so interpreter tests cover several blocks and a masked tail.
-        return min(64, triton.next_power_of_2(n_cols)), 1
-    block = min(4096, triton.next_power_of_2(n_cols))
+        return min(64, next_power_of_2(n_cols)), 1
+    block = min(4096, next_power_of_2(n_cols))
     return block, (8 if block >= 2048 else 4)
-
-
-def _on_device(t: torch.Tensor):
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
-
-
-def _check_reduction(reduction: str, allowed=_REDUCTIONS) -> None:
-    if reduction not in allowed:
-        raise ValueError(f"reduction must be one of {', '.join(allowed)}, not {reduction!r}")
 
 
 # ----------------------------------------------------------------------------- cross_entropy op
 
 
-@torch.library.custom_op("gpt1::cross_entropy_fwd", mutates_args=())
-def _ce_fwd(
-    logits: torch.Tensor, targets: torch.Tensor, ignore_index: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _ce_forward_impl(logits, targets, ignore_index):
     """Per-row fp32 ``(loss, max, log-sum-exp minus max)`` of 2-D ``logits``; ignored rows have loss 0."""
     n_rows, n_cols = logits.shape
     losses = torch.empty(n_rows, device=logits.device, dtype=torch.float32)
@@ -164,7 +153,7 @@ def _ce_fwd(
     logsum = torch.empty(n_rows, device=logits.device, dtype=torch.float32)
     if n_rows > 0:
         block, warps = _block_v(n_cols)
-        with _on_device(logits):
+        with on_device(logits):
             _ce_fwd_kernel[(n_rows,)](
                 logits, targets.contiguous(), losses, row_max, logsum, logits.stride(0), n_cols, ignore_index,
                 BLOCK_V=block, num_warps=warps,
@@ -172,33 +161,31 @@ def _ce_fwd(
     return losses, row_max, logsum
 
 
-@_ce_fwd.register_fake
-def _(logits, targets, ignore_index):
-    stats = logits.new_empty((logits.shape[0],), dtype=torch.float32)
-    return stats, stats.clone(), stats.clone()
-
-
-@torch.library.custom_op("gpt1::cross_entropy_bwd", mutates_args=())
-def _ce_bwd(
-    dlosses: torch.Tensor,
-    logits: torch.Tensor,
-    targets: torch.Tensor,
-    row_max: torch.Tensor,
-    logsum: torch.Tensor,
-    ignore_index: int,
-) -> torch.Tensor:
+def _ce_backward_impl(dlosses, logits, targets, row_max, logsum, ignore_index):
     """``d(sum_i dlosses[i] * loss_i)/d(logits)`` in the logits' dtype."""
     n_rows, n_cols = logits.shape
     dlogits = torch.empty_like(logits, memory_format=torch.contiguous_format)
     if n_rows > 0:
         block, warps = _block_v(n_cols)
-        with _on_device(logits):
+        with on_device(logits):
             _ce_bwd_kernel[(n_rows,)](
                 logits, targets.contiguous(), row_max, logsum, dlosses, dlogits,
                 logits.stride(0), dlogits.stride(0), dlosses.stride(0), n_cols, ignore_index,
                 BLOCK_V=block, num_warps=warps,
             )
     return dlogits
+
+
+_ce_fwd = eager.custom_op("cross_entropy_fwd", _ce_forward_impl,
+                          "(Tensor logits, Tensor targets, SymInt ignore_index) -> (Tensor, Tensor, Tensor)")
+_ce_bwd = eager.custom_op("cross_entropy_bwd", _ce_backward_impl, (
+    "(Tensor dlosses, Tensor logits, Tensor targets, Tensor row_max, Tensor logsum, SymInt ignore_index) -> Tensor"))
+
+
+@_ce_fwd.register_fake
+def _(logits, targets, ignore_index):
+    stats = logits.new_empty((logits.shape[0],), dtype=torch.float32)
+    return stats, stats.clone(), stats.clone()
 
 
 @_ce_bwd.register_fake
@@ -213,17 +200,24 @@ def _ce_setup_context(ctx, inputs, output):
     ctx.ignore_index = ignore_index
 
 
-def _ce_backward(ctx, dlosses, _dmax, _dlogsum):
+def _ce_input_grads(ctx, dlosses, backward_impl):
     logits, targets, row_max, logsum = ctx.saved_tensors
     if dlosses is None:
         return None, None, None
-    dlogits = torch.ops.gpt1.cross_entropy_bwd(
-        dlosses.float(), logits, targets, row_max, logsum, ctx.ignore_index
-    )
+    dlogits = backward_impl(as_dtype(dlosses, torch.float32), logits, targets, row_max, logsum, ctx.ignore_index)
     return dlogits, None, None
 
 
+def _ce_backward(ctx, dlosses, _dmax, _dlogsum):
+    return _ce_input_grads(ctx, dlosses, _ce_bwd)
+
+
+def _ce_eager_backward(ctx, dlosses, _dmax, _dlogsum):
+    return _ce_input_grads(ctx, dlosses, eager.backward_path(_ce_bwd, _ce_backward_impl))
+
+
 _ce_fwd.register_autograd(_ce_backward, setup_context=_ce_setup_context)
+_CrossEntropy = eager.autograd_function("CrossEntropy", _ce_forward_impl, _ce_setup_context, _ce_eager_backward)
 
 
 def cross_entropy(
@@ -239,22 +233,19 @@ def cross_entropy(
     ``sum``, or per-token losses shaped like ``targets`` for ``none``. Differentiable with
     respect to ``logits``; traceable by ``torch.compile(fullgraph=True)``.
     """
-    _check_reduction(reduction)
+    check_reduction(reduction)
     n_cols = logits.shape[-1]
     if targets.shape != logits.shape[:-1]:
         raise ValueError(f"targets shape {tuple(targets.shape)} does not match logits {tuple(logits.shape)}")
-    logits2 = logits.reshape(-1, n_cols)
+    logits2 = logits if logits.dim() == 2 else logits.reshape(-1, n_cols)
     if logits2.stride(-1) != 1:
         logits2 = logits2.contiguous()
-    flat_targets = targets.reshape(-1)
-    losses, _max, _logsum = torch.ops.gpt1.cross_entropy_fwd(logits2, flat_targets, int(ignore_index))
-    if reduction == "none":
-        return losses.view(targets.shape)
-    total = losses.sum()
-    if reduction == "sum":
-        return total
-    count = (flat_targets != ignore_index).sum().clamp(min=1)
-    return total / count
+    flat_targets = targets if targets.dim() == 1 else targets.reshape(-1)
+    args = (logits2, flat_targets, int(ignore_index))
+    losses, _max, _logsum = eager.call(_ce_fwd, _CrossEntropy, _ce_forward_impl, args, (logits2, flat_targets))
+    if reduction == "none" and targets.dim() != 1:
+        losses = losses.view(targets.shape)
+    return reduce_losses(losses, flat_targets, ignore_index, reduction)
 
 
 # ----------------------------------------------------------------------------- linear_cross_entropy op
@@ -269,7 +260,7 @@ def default_chunk_size(
 ) -> int:
     """Tokens per chunk: as many as keep one ``(chunk, vocab)`` logits buffer within
     ``budget_bytes`` (default 256 MiB on CUDA, 256 KiB elsewhere), split into equal chunks."""
-    row_bytes = vocab * torch.empty((), dtype=dtype).element_size()
+    row_bytes = vocab * dtype.itemsize
     if budget_bytes is None:
         budget_bytes = _CHUNK_BYTES_CUDA if device.type == "cuda" else _CHUNK_BYTES_OTHER
     rows = max(1, int(budget_bytes) // row_bytes)
@@ -277,8 +268,8 @@ def default_chunk_size(
         rows -= rows % 128  # GEMM-friendly
     rows = min(rows, max(n_rows, 1))
     # Equal chunks rather than full ones plus a small remainder.
-    n_chunks = triton.cdiv(max(n_rows, 1), rows)
-    return triton.cdiv(max(n_rows, 1), n_chunks)
+    n_chunks = cdiv(max(n_rows, 1), rows)
+    return cdiv(max(n_rows, 1), n_chunks)
 
 
 # Which fp32-output GEMMs work for fp16/bf16 inputs on this torch (CUDA only; probed once).
@@ -344,6 +335,13 @@ def _hidden_grad_into(out: torch.Tensor, dlogits: torch.Tensor, w: torch.Tensor)
     torch.mm(dlogits.float(), w.float(), out=out)
 
 
+def _autocast_off(device_type: str):
+    """Autocast disabled for the block (entering a no-op autocast context costs microseconds)."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def grad_lift(compute_dtype: torch.dtype) -> float:
     """Power of two the chunk gradients are multiplied by in the logits buffer.
 
@@ -354,18 +352,8 @@ def grad_lift(compute_dtype: torch.dtype) -> float:
     return 2.0**14 if compute_dtype == torch.float16 else 1.0
 
 
-@torch.library.custom_op("gpt1::linear_cross_entropy_fwd", mutates_args=())
-def _lce_fwd(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    targets: torch.Tensor,
-    ignore_index: int,
-    reduction: str,
-    chunk_size: int,
-    compute_dtype: torch.dtype,
-    want_grad_hidden: bool,
-    want_grad_weight: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _lce_forward_impl(hidden, weight, targets, ignore_index, reduction, chunk_size, compute_dtype,
+                      want_grad_hidden, want_grad_weight):
     """``(loss, dloss/dhidden or empty, dloss/dweight or empty)`` for 2-D ``hidden``; the
     gradients in fp32."""
     n_rows, _ = hidden.shape
@@ -378,9 +366,9 @@ def _lce_fwd(
     lift = grad_lift(compute_dtype)
     block, warps = _block_v(vocab)
     # The dtype of each matmul is fixed here, whatever autocast state the caller is in.
-    with torch.autocast(device_type=device.type, enabled=False), _on_device(hidden):
-        h_all = hidden.to(compute_dtype)
-        w = weight.to(compute_dtype)
+    with _autocast_off(device.type), on_device(hidden):
+        h_all = as_dtype(hidden, compute_dtype)
+        w = as_dtype(weight, compute_dtype)
         targets = targets.contiguous()
         buffer = torch.empty((min(chunk_size, n_rows), vocab), device=device, dtype=compute_dtype)
         for start in range(0, n_rows, chunk_size):
@@ -398,16 +386,21 @@ def _lce_fwd(
             if want_grad_weight:
                 _accumulate_weight_grad(grad_weight, logits, h)
         loss = losses.sum()
+        grad_scale = 1.0 / lift if lift != 1.0 else None
         if reduction == "mean":
             # A device tensor (no synchronisation), applied in fp32 after the GEMMs.
-            scale = 1.0 / (targets != ignore_index).sum().clamp(min=1).to(torch.float32)
+            scale = (targets != ignore_index).sum().clamp(min=1).to(torch.float32).reciprocal()  # = 1.0 / count
             loss = loss * scale
-            grad_hidden.mul_(scale / lift)
-            grad_weight.mul_(scale / lift)
-        elif lift != 1.0:
-            grad_hidden.mul_(1.0 / lift)
-            grad_weight.mul_(1.0 / lift)
+            grad_scale = scale / lift if compute_grad else None
+        if compute_grad and grad_scale is not None:
+            grad_hidden.mul_(grad_scale)
+            grad_weight.mul_(grad_scale)
     return loss, grad_hidden, grad_weight
+
+
+_lce_fwd = eager.custom_op("linear_cross_entropy_fwd", _lce_forward_impl, (
+    "(Tensor hidden, Tensor weight, Tensor targets, SymInt ignore_index, str reduction, SymInt chunk_size, "
+    "ScalarType compute_dtype, bool want_grad_hidden, bool want_grad_weight) -> (Tensor, Tensor, Tensor)"))
 
 
 @_lce_fwd.register_fake
@@ -450,6 +443,8 @@ def _lce_backward(ctx, dloss, _dgh, _dgw):
 
 
 _lce_fwd.register_autograd(_lce_backward, setup_context=_lce_setup_context)
+_LinearCrossEntropy = eager.autograd_function("LinearCrossEntropy", _lce_forward_impl, _lce_setup_context,
+                                              _lce_backward)
 
 
 def linear_cross_entropy(
@@ -469,15 +464,15 @@ def linear_cross_entropy(
     time (default: see :func:`default_chunk_size`). Under autocast the matmuls run in the
     autocast dtype and the loss in fp32. Gradients are computed in the forward pass.
     """
-    _check_reduction(reduction, ("mean", "sum"))
+    check_reduction(reduction, ("mean", "sum"))
     n_cols = hidden.shape[-1]
     if weight.dim() != 2 or weight.shape[1] != n_cols:
         raise ValueError(f"weight must be (vocab, {n_cols}), got {tuple(weight.shape)}")
     if targets.shape != hidden.shape[:-1]:
         raise ValueError(f"targets shape {tuple(targets.shape)} does not match hidden {tuple(hidden.shape)}")
-    h2 = hidden.reshape(-1, n_cols)
-    flat_targets = targets.reshape(-1)
-    device_type = hidden.device.type
+    h2 = hidden if hidden.dim() == 2 else hidden.reshape(-1, n_cols)
+    flat_targets = targets if targets.dim() == 1 else targets.reshape(-1)
+    device_type = "cuda" if hidden.is_cuda else hidden.device.type
     if torch.is_autocast_enabled(device_type):
         compute_dtype = torch.get_autocast_dtype(device_type)
     else:
@@ -487,8 +482,7 @@ def linear_cross_entropy(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     grad_on = torch.is_grad_enabled()
-    loss, _gh, _gw = torch.ops.gpt1.linear_cross_entropy_fwd(
-        h2, weight, flat_targets, int(ignore_index), reduction, int(chunk_size), compute_dtype,
-        grad_on and hidden.requires_grad, grad_on and weight.requires_grad,
-    )
+    args = (h2, weight, flat_targets, int(ignore_index), reduction, int(chunk_size), compute_dtype,
+            grad_on and hidden.requires_grad, grad_on and weight.requires_grad)
+    loss, _gh, _gw = eager.call(_lce_fwd, _LinearCrossEntropy, _lce_forward_impl, args, (h2, weight))
     return loss

@@ -17,7 +17,6 @@ result is deterministic run to run.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from typing import Optional
 
@@ -25,7 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .availability import triton_interpreting
+from . import eager
+from .host import INTERPRETING, as_dtype, cdiv, next_power_of_2, on_device
 
 __all__ = ["add_layer_norm"]
 
@@ -136,8 +136,8 @@ def _launch_config(n_cols: int) -> tuple[int, int]:
     """``(BLOCK_C, num_warps)`` for rows of ``n_cols`` features."""
     if n_cols > MAX_FEATURES:
         raise ValueError(f"add_layer_norm supports at most {MAX_FEATURES} features, got {n_cols}")
-    block = triton.next_power_of_2(n_cols)
-    if triton_interpreting():
+    block = next_power_of_2(n_cols)
+    if INTERPRETING:
         return block, 1
     return block, min(max(block // 256, 1), 16)
 
@@ -157,33 +157,23 @@ def _backward_programs(n_rows: int, device: torch.device, block: int) -> int:
     return max(1, min(n_rows, per_sm * _sm_count(index)))
 
 
-def _on_device(t: torch.Tensor):
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
-
-
 def _sum_dtype(x: torch.Tensor, residual: Optional[torch.Tensor]) -> torch.dtype:
-    return x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
+    if residual is None or residual.dtype == x.dtype:
+        return x.dtype
+    return torch.promote_types(x.dtype, residual.dtype)
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
     """2-D view with unit stride on the feature dim (copies only if it must)."""
-    t2 = t.reshape(-1, t.shape[-1])
+    t2 = t if t.dim() == 2 else t.reshape(-1, t.shape[-1])
     return t2 if t2.stride(-1) == 1 else t2.contiguous()
 
 
-# ----------------------------------------------------------------------------- custom ops
+# ----------------------------------------------------------------------------- implementation
 
 
-@torch.library.custom_op("gpt1::add_layer_norm_fwd", mutates_args=())
-def _add_ln_fwd(
-    x: torch.Tensor,
-    residual: Optional[torch.Tensor],
-    weight: torch.Tensor,
-    bias: Optional[torch.Tensor],
-    eps: float,
-    store_sum: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns ``(out, summed or empty, mean, rstd)`` for 2-D ``x`` (and ``residual``)."""
+def _forward_impl(x, residual, weight, bias, eps, store_sum):
+    """``(out, summed or empty, mean, rstd)`` for 2-D ``x`` (and ``residual``)."""
     n_rows, n_cols = x.shape
     sum_dtype = _sum_dtype(x, residual)
     store_sum = store_sum and residual is not None
@@ -196,7 +186,7 @@ def _add_ln_fwd(
     block, warps = _launch_config(n_cols)
     weight = weight.contiguous()
     bias = bias.contiguous() if bias is not None else None
-    with _on_device(x):
+    with on_device(x):
         _add_ln_fwd_kernel[(n_rows,)](
             x, residual if residual is not None else x, weight, bias if bias is not None else weight,
             out, summed if store_sum else out, mean, rstd,
@@ -209,42 +199,24 @@ def _add_ln_fwd(
     return out, summed, mean, rstd
 
 
-@_add_ln_fwd.register_fake
-def _(x, residual, weight, bias, eps, store_sum):
-    n_rows, n_cols = x.shape
-    store_sum = store_sum and residual is not None
-    summed = x.new_empty((n_rows, n_cols) if store_sum else (0,), dtype=_sum_dtype(x, residual))
-    stats = x.new_empty((n_rows,), dtype=torch.float32)
-    return torch.empty_like(x), summed, stats, stats.clone()
-
-
-@torch.library.custom_op("gpt1::add_layer_norm_bwd", mutates_args=())
-def _add_ln_bwd(
-    dout: torch.Tensor,
-    dsum: Optional[torch.Tensor],
-    x: torch.Tensor,
-    residual: Optional[torch.Tensor],
-    summed: Optional[torch.Tensor],
-    weight: torch.Tensor,
-    has_bias: bool,
-    mean: torch.Tensor,
-    rstd: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns ``(d(x + residual), dweight, dbias or empty)``; the first in the sum's dtype."""
+def _backward_impl(dout, dsum, x, residual, summed, weight, has_bias, mean, rstd):
+    """``(d(x + residual), dweight, dbias or empty)``; the first in the sum's dtype."""
     n_rows, n_cols = x.shape
     sum_dtype = _sum_dtype(x, residual)
     ds = torch.empty((n_rows, n_cols), device=x.device, dtype=sum_dtype)
     block, warps = _launch_config(n_cols)
     programs = _backward_programs(n_rows, x.device, block)
-    dw_partial = torch.zeros((programs, n_cols), device=x.device, dtype=torch.float32)
-    db_partial = torch.zeros((programs, n_cols) if has_bias else (0,), device=x.device, dtype=torch.float32)
+    # Every program writes its row of partial sums, so only a launch-free call needs zeros.
+    partials = torch.empty if n_rows > 0 else torch.zeros
+    dw_partial = partials((programs, n_cols), device=x.device, dtype=torch.float32)
+    db_partial = partials((programs, n_cols) if has_bias else (0,), device=x.device, dtype=torch.float32)
     if n_rows > 0:
         dout = _rows(dout)
         load_sum = summed is not None and summed.numel() > 0
         has_dsum = dsum is not None and dsum.numel() > 0
         if has_dsum:
             dsum = _rows(dsum)
-        with _on_device(x):
+        with on_device(x):
             _add_ln_bwd_kernel[(programs,)](
                 x, residual if residual is not None else x, summed if load_sum else x,
                 weight.contiguous(), dout, dsum if has_dsum else dout, ds, dw_partial,
@@ -252,13 +224,32 @@ def _add_ln_bwd(
                 x.stride(0), residual.stride(0) if residual is not None else 0,
                 summed.stride(0) if load_sum else 0, dout.stride(0),
                 dsum.stride(0) if has_dsum else 0, ds.stride(0),
-                n_rows, n_cols, triton.cdiv(n_rows, programs),
+                n_rows, n_cols, cdiv(n_rows, programs),
                 HAS_RESIDUAL=residual is not None, LOAD_SUM=load_sum, HAS_DSUM=has_dsum,
                 HAS_BIAS=has_bias, SUM_DTYPE=_TL_DTYPES[sum_dtype], BLOCK_C=block, num_warps=warps,
             )
-    dweight = dw_partial.sum(dim=0).to(weight.dtype)
-    dbias = db_partial.sum(dim=0).to(weight.dtype) if has_bias else weight.new_empty((0,))
+    dweight = as_dtype(dw_partial.sum(dim=0), weight.dtype)
+    dbias = as_dtype(db_partial.sum(dim=0), weight.dtype) if has_bias else weight.new_empty((0,))
     return ds, dweight, dbias
+
+
+# ----------------------------------------------------------------------------- the op: custom op, autograd.Function
+
+_add_ln_fwd = eager.custom_op("add_layer_norm_fwd", _forward_impl, (
+    "(Tensor x, Tensor? residual, Tensor weight, Tensor? bias, float eps, bool store_sum) "
+    "-> (Tensor, Tensor, Tensor, Tensor)"))
+_add_ln_bwd = eager.custom_op("add_layer_norm_bwd", _backward_impl, (
+    "(Tensor dout, Tensor? dsum, Tensor x, Tensor? residual, Tensor? summed, Tensor weight, bool has_bias, "
+    "Tensor mean, Tensor rstd) -> (Tensor, Tensor, Tensor)"))
+
+
+@_add_ln_fwd.register_fake
+def _(x, residual, weight, bias, eps, store_sum):
+    n_rows, n_cols = x.shape
+    store_sum = store_sum and residual is not None
+    summed = x.new_empty((n_rows, n_cols) if store_sum else (0,), dtype=_sum_dtype(x, residual))
+    stats = x.new_empty((n_rows,), dtype=torch.float32)
+    return torch.empty_like(x), summed, stats, stats.clone()
 
 
 @_add_ln_bwd.register_fake
@@ -277,18 +268,27 @@ def _setup_context(ctx, inputs, output):
     ctx.bias_dtype = bias.dtype if bias is not None else None
 
 
-def _backward(ctx, dout, dsum, _dmean, _drstd):
+def _input_grads(ctx, dout, dsum, backward_impl):
     x, residual, summed, weight, mean, rstd = ctx.saved_tensors
-    ds, dweight, dbias = torch.ops.gpt1.add_layer_norm_bwd(
-        dout, dsum, x, residual, summed, weight, ctx.has_bias, mean, rstd
-    )
-    dx = ds.to(x.dtype)
-    dres = ds.to(residual.dtype) if residual is not None else None
-    dbias = dbias.to(ctx.bias_dtype) if ctx.has_bias else None
+    if dout is None:  # only the sum was used (the eager path does not zero-fill unused gradients)
+        dout = torch.zeros(x.shape, device=x.device, dtype=x.dtype)
+    ds, dweight, dbias = backward_impl(dout, dsum, x, residual, summed, weight, ctx.has_bias, mean, rstd)
+    dx = as_dtype(ds, x.dtype)
+    dres = as_dtype(ds, residual.dtype) if residual is not None else None
+    dbias = as_dtype(dbias, ctx.bias_dtype) if ctx.has_bias else None
     return dx, dres, dweight, dbias, None, None
 
 
+def _backward(ctx, dout, dsum, _dmean, _drstd):
+    return _input_grads(ctx, dout, dsum, _add_ln_bwd)
+
+
+def _eager_backward(ctx, dout, dsum, _dmean, _drstd):
+    return _input_grads(ctx, dout, dsum, eager.backward_path(_add_ln_bwd, _backward_impl))
+
+
 _add_ln_fwd.register_autograd(_backward, setup_context=_setup_context)
+_AddLayerNorm = eager.autograd_function("AddLayerNorm", _forward_impl, _setup_context, _eager_backward, 2)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -314,10 +314,12 @@ def add_layer_norm(
         raise ValueError(f"residual shape {tuple(residual.shape)} differs from x shape {tuple(x.shape)}")
     x2 = _rows(x)
     r2 = _rows(residual) if residual is not None else None
-    out, summed, _mean, _rstd = torch.ops.gpt1.add_layer_norm_fwd(
-        x2, r2, weight, bias, float(eps), bool(return_sum and residual is not None)
-    )
-    out = out.view(x.shape)
+    store_sum = bool(return_sum) and residual is not None
+    args = (x2, r2, weight, bias, float(eps), store_sum)
+    out, summed, _mean, _rstd = eager.call(_add_ln_fwd, _AddLayerNorm, _forward_impl, args, (x2, r2, weight, bias))
+    if x.dim() != 2:  # a view costs a few microseconds and an autograd node
+        out = out.view(x.shape)
+        summed = summed.view(x.shape) if store_sum else summed
     if not return_sum:
         return out
-    return out, (x if residual is None else summed.view(x.shape))
+    return out, (summed if store_sum else x)

@@ -124,6 +124,26 @@ def add_layer_norm_reference(
     return (out, summed) if return_sum else out
 
 
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def check_reduction(reduction: str, allowed: tuple[str, ...] = REDUCTIONS) -> None:
+    """A ValueError unless ``reduction`` is one of ``allowed``."""
+    if reduction not in allowed:
+        raise ValueError(f"reduction must be one of {', '.join(allowed)}, not {reduction!r}")
+
+
+def reduce_losses(losses: torch.Tensor, targets: torch.Tensor, ignore_index: int, reduction: str) -> torch.Tensor:
+    """Per-target losses as ``reduction`` asks: as they are (``none``), their ``sum``, or their
+    ``mean`` over the targets other than ``ignore_index`` (0 when there are none)."""
+    if reduction == "none":
+        return losses
+    total = losses.sum()
+    if reduction == "sum":
+        return total
+    return total / (targets != ignore_index).sum().clamp(min=1)
+
+
 def cross_entropy_reference(
     logits: torch.Tensor,
     targets: torch.Tensor,
@@ -132,16 +152,9 @@ def cross_entropy_reference(
     reduction: str = "mean",
 ) -> torch.Tensor:
     """Cross-entropy in fp32; mean over non-ignored targets, 0 when all are ignored."""
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"reduction must be mean, sum or none, not {reduction!r}")
+    check_reduction(reduction)
     losses = F.cross_entropy(logits.float(), targets, ignore_index=ignore_index, reduction="none")
-    if reduction == "none":
-        return losses
-    total = losses.sum()
-    if reduction == "sum":
-        return total
-    count = (targets != ignore_index).sum().clamp(min=1)
-    return total / count
+    return reduce_losses(losses, targets, ignore_index, reduction)
 
 
 def linear_cross_entropy_reference(

@@ -9,31 +9,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import helpers
-from helpers import single_thread_module  # noqa: F401  (autouse)
+import support
+from gpt1cli.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from gpt1cli.config import preset
 from gpt1cli.errors import Gpt1Error
 from gpt1cli.fileio import file_hash
 from gpt1cli.model.gpt import GPT
 from gpt1cli.model.loading import model_from_checkpoint
-from gpt1cli.train.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 
 FILES = {"model.safetensors", "checkpoint.json", "tokenizer.model", "trainer.json", "trainer.safetensors"}
-
-
-@pytest.fixture(scope="session")
-def assets(tmp_path_factory):
-    return helpers.session_assets(tmp_path_factory)
-
-
-@pytest.fixture
-def run_copy(assets, tmp_path):
-    """A private copy of the shared run, free to damage."""
-    return shutil.copytree(assets.run, tmp_path / "run")
-
-
-def latest_folder(run):
-    return run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -56,40 +40,40 @@ def test_run_directory_layout_and_pruning(assets):
 
 
 def test_checkpoint_metadata_matches_the_files(assets):
-    folder = latest_folder(assets.run)
+    folder = support.latest_folder(assets.run)
     meta = json.loads((folder / "checkpoint.json").read_text())
-    manifest = helpers.read_manifest(assets.shards)
+    manifest = support.read_manifest(assets.shards)
     assert meta["format"] == "gpt1-checkpoint" and meta["version"] == 1
-    assert meta["step"] == helpers.RUN_STEPS
+    assert meta["step"] == support.RUN_STEPS
     assert meta["kind"] == "pretrain" and meta["task"] is None
     assert meta["weights_blake2b"] == file_hash(folder / "model.safetensors")
     assert meta.get("tokenizer_file", "tokenizer.model") == "tokenizer.model"
     assert meta["tokenizer_blake2b"] == file_hash(folder / "tokenizer.model") == manifest["tokenizer"]["blake2b"]
     assert (folder / "tokenizer.model").read_bytes() == assets.tokenizer.read_bytes()
-    assert meta["model"] == preset("tiny", helpers.VOCAB, n_ctx=32).to_dict()
+    assert meta["model"] == preset("tiny", support.VOCAB, n_ctx=32).to_dict()
     val = meta["metrics"]["val"]
     assert val["loss"] > 0 and val["ppl"] == pytest.approx(2.718281828 ** val["loss"], rel=1e-6)
-    last_eval = helpers.records(assets.run, "eval")[-1]
+    last_eval = support.records(assets.run, "eval")[-1]
     assert val["loss"] == last_eval["val_loss"]
 
     trainer = json.loads((folder / "trainer.json").read_text())
-    assert trainer["step"] == helpers.RUN_STEPS
+    assert trainer["step"] == support.RUN_STEPS
     assert trainer["tensors_blake2b"] == file_hash(folder / "trainer.safetensors")
-    assert trainer["config"]["steps"] == helpers.RUN_STEPS and trainer["config"]["batch_size"] == helpers.RUN_BATCH
+    assert trainer["config"]["steps"] == support.RUN_STEPS and trainer["config"]["batch_size"] == support.RUN_BATCH
     assert trainer["best_val"] <= val["loss"]
     assert [g["weight_decay"] for g in trainer["optimizer_groups"]] == [0.01, 0.0]
 
 
 def test_weights_and_trainer_state_are_complete(assets):
-    folder = latest_folder(assets.run)
+    folder = support.latest_folder(assets.run)
     weights = load_file(str(folder / "model.safetensors"))
-    model = GPT(preset("tiny", helpers.VOCAB, n_ctx=32))
+    model = GPT(preset("tiny", support.VOCAB, n_ctx=32))
     assert set(weights) == set(model.state_dict())
     assert not any(k.startswith("head") for k in weights)
-    assert weights["tok_emb.weight"].shape == (helpers.VOCAB, 64)
+    assert weights["tok_emb.weight"].shape == (support.VOCAB, 64)
     loaded, checkpoint = model_from_checkpoint(assets.run, torch.device("cpu"))
     assert not loaded.training
-    assert checkpoint.path == folder and checkpoint.step == helpers.RUN_STEPS
+    assert checkpoint.path == folder and checkpoint.step == support.RUN_STEPS
     for name, tensor in loaded.state_dict().items():
         assert torch.equal(tensor, weights[name]), name
     # A trained model differs from a fresh one.
@@ -99,7 +83,7 @@ def test_weights_and_trainer_state_are_complete(assets):
     for name, param in model.named_parameters():
         assert trainer[f"optim.{name}.exp_avg"].shape == param.shape
         assert trainer[f"optim.{name}.exp_avg_sq"].shape == param.shape
-        assert float(trainer[f"optim.{name}.step"]) == helpers.RUN_STEPS
+        assert float(trainer[f"optim.{name}.step"]) == support.RUN_STEPS
 
 
 def test_save_checkpoint_keeps_the_newest(tmp_path, assets):
@@ -126,62 +110,62 @@ def test_save_checkpoint_keeps_the_newest(tmp_path, assets):
 
 
 def _generate(run, capsys):
-    return helpers.run_main(["generate", "--ckpt", run, "--prompt", "The dog", "--max-new-tokens", "3",
+    return support.run_main(["generate", "--ckpt", run, "--prompt", "The dog", "--max-new-tokens", "3",
                              "--temperature", "0", "--device", "cpu"], capsys)
 
 
 def test_flipped_bytes_in_weights_give_a_hash_mismatch(run_copy, capsys):
-    weights = latest_folder(run_copy) / "model.safetensors"
+    weights = support.latest_folder(run_copy) / "model.safetensors"
     data = bytearray(weights.read_bytes())
     for i in range(len(data) - 64, len(data) - 32):  # inside the tensor data, size unchanged
         data[i] ^= 0xFF
     weights.write_bytes(bytes(data))
-    line = helpers.assert_one_error_line(_generate(run_copy, capsys), str(weights), "does not match the hash")
+    line = support.assert_one_error_line(_generate(run_copy, capsys), str(weights), "does not match the hash")
     assert "corrupt" in line
 
 
 def test_truncated_weights_are_reported(run_copy, capsys):
-    weights = latest_folder(run_copy) / "model.safetensors"
+    weights = support.latest_folder(run_copy) / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    helpers.assert_one_error_line(_generate(run_copy, capsys), str(weights))
+    support.assert_one_error_line(_generate(run_copy, capsys), str(weights))
 
 
 def test_truncated_checkpoint_json_is_reported(run_copy, capsys):
-    meta = latest_folder(run_copy) / "checkpoint.json"
+    meta = support.latest_folder(run_copy) / "checkpoint.json"
     meta.write_text(meta.read_text()[:40])
-    helpers.assert_one_error_line(_generate(run_copy, capsys), str(meta), "not valid JSON")
+    support.assert_one_error_line(_generate(run_copy, capsys), str(meta), "not valid JSON")
 
 
 def test_checkpoint_json_of_another_tool_is_reported(run_copy, capsys):
-    meta = latest_folder(run_copy) / "checkpoint.json"
+    meta = support.latest_folder(run_copy) / "checkpoint.json"
     meta.write_text(json.dumps({"format": "something-else"}))
-    helpers.assert_one_error_line(_generate(run_copy, capsys), str(meta), "not a gpt1 checkpoint")
+    support.assert_one_error_line(_generate(run_copy, capsys), str(meta), "not a gpt1 checkpoint")
 
 
 def test_missing_tokenizer_in_checkpoint_is_reported(run_copy, capsys):
-    folder = latest_folder(run_copy)
+    folder = support.latest_folder(run_copy)
     (folder / "tokenizer.model").unlink()
-    helpers.assert_one_error_line(_generate(run_copy, capsys), str(folder), "tokenizer.model")
+    support.assert_one_error_line(_generate(run_copy, capsys), str(folder), "tokenizer.model")
 
 
 def test_latest_pointer_to_a_missing_folder_is_reported(run_copy, capsys):
-    shutil.rmtree(latest_folder(run_copy))
-    helpers.assert_one_error_line(_generate(run_copy, capsys), "step_00000024", "missing or incomplete")
+    shutil.rmtree(support.latest_folder(run_copy))
+    support.assert_one_error_line(_generate(run_copy, capsys), "step_00000024", "missing or incomplete")
 
 
 def test_missing_checkpoint_path_is_reported(tmp_path, capsys):
-    helpers.assert_one_error_line(_generate(tmp_path / "nope", capsys), "checkpoint not found", str(tmp_path / "nope"))
-    helpers.assert_one_error_line(_generate(tmp_path, capsys), str(tmp_path), "neither a checkpoint")
+    support.assert_one_error_line(_generate(tmp_path / "nope", capsys), "checkpoint not found", str(tmp_path / "nope"))
+    support.assert_one_error_line(_generate(tmp_path, capsys), str(tmp_path), "neither a checkpoint")
 
 
 def test_corrupt_trainer_state_stops_resume(run_copy, assets, capsys):
-    trainer = latest_folder(run_copy) / "trainer.safetensors"
+    trainer = support.latest_folder(run_copy) / "trainer.safetensors"
     data = bytearray(trainer.read_bytes())
     data[-10] ^= 0x55
     trainer.write_bytes(bytes(data))
     before = (run_copy / "metrics.jsonl").read_bytes()
-    result = helpers.run_main(["pretrain", "--shards", assets.shards, "--out", run_copy, "--resume",
+    result = support.run_main(["pretrain", "--shards", assets.shards, "--out", run_copy, "--resume",
                                "--steps", "30", "--device", "cpu", "-q"], capsys)
-    helpers.assert_one_error_line(result, str(trainer), "does not match the hash")
+    support.assert_one_error_line(result, str(trainer), "does not match the hash")
     assert (run_copy / "metrics.jsonl").read_bytes() == before
     assert (run_copy / "checkpoints" / "latest").read_text() == "step_00000024\n"

@@ -11,14 +11,14 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from gpt1cli.checkpoint import load_checkpoint
 from gpt1cli.cli.app import main
 from gpt1cli.data.corpus import expand_inputs, iter_documents
 from gpt1cli.data.pipeline import tokenize_corpus
 from gpt1cli.data.shards import ShardDataset
-from gpt1cli.data.tokenizer import load_tokenizer
 from gpt1cli.errors import Gpt1Error
 from gpt1cli.tasks.data import TASKS, load_examples
-from gpt1cli.train.checkpoint import load_checkpoint
+from gpt1cli.tokenizer import load_tokenizer
 from gpt1cli.train.pretrain import PretrainConfig, pretrain
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
@@ -41,7 +41,8 @@ def only_clear_errors(action):
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory) -> dict[str, Path]:
+def fuzz_assets(tmp_path_factory) -> dict[str, Path]:
+    """Shards and a one-step run far smaller than the session's ``assets``: examples copy them hundreds of times."""
     root = tmp_path_factory.mktemp("fuzz")
     corpus = root / "corpus.txt"
     corpus.write_text("".join(f"sentence number {i} says something about shards and readers.\n\n" for i in range(300)))
@@ -113,37 +114,41 @@ def _mutate(document: dict, path: tuple, value) -> dict:
     return copy
 
 
+def _edited_copy(source: Path, name: str, tmp_path_factory, edit) -> Path:
+    """A copy of the folder ``source`` whose JSON file ``name`` is replaced by ``edit(its document)``."""
+    folder = tmp_path_factory.mktemp("edited") / source.name
+    shutil.copytree(source, folder)
+    document = json.loads((folder / name).read_text())
+    (folder / name).write_text(json.dumps(edit(document)))  # NaN/Infinity as Python writes them
+    return folder
+
+
+@pytest.mark.parametrize("target", ["manifest", "checkpoint metadata"])
 @DEEP
 @given(choice=st.integers(0, 10**6), value=json_values)
-def test_manifests_with_a_wrong_value(assets, tmp_path_factory, choice, value):
-    directory = tmp_path_factory.mktemp("m") / "shards"
-    shutil.copytree(assets["shards"], directory)
-    manifest = json.loads((directory / "manifest.json").read_text())
-    paths = list(_mutations(manifest))
-    (directory / "manifest.json").write_text(json.dumps(_mutate(manifest, paths[choice % len(paths)], value)))
-    only_clear_errors(lambda: ShardDataset(directory))
+def test_a_wrong_value_anywhere_in_the_json_of_shards_or_a_checkpoint(fuzz_assets, tmp_path_factory, target, choice,
+                                                                      value):
+    source, name, open_folder = {"manifest": (fuzz_assets["shards"], "manifest.json", ShardDataset),
+                                 "checkpoint metadata": (fuzz_assets["checkpoint"], "checkpoint.json", load_checkpoint),
+                                 }[target]
+
+    def change_one_value(document):
+        paths = list(_mutations(document))
+        return _mutate(document, paths[choice % len(paths)], value)
+
+    folder = _edited_copy(source, name, tmp_path_factory, change_one_value)
+    only_clear_errors(lambda: open_folder(folder))
 
 
 @FUZZ
 @given(data=st.binary(min_size=1, max_size=600))
-def test_shards_of_random_bytes(assets, tmp_path_factory, data):
+def test_shards_of_random_bytes(fuzz_assets, tmp_path_factory, data):
     directory = tmp_path_factory.mktemp("s") / "shards"
-    shutil.copytree(assets["shards"], directory)
+    shutil.copytree(fuzz_assets["shards"], directory)
     shard = directory / "train_00000.arrow"
     size = shard.stat().st_size
     shard.write_bytes((data * (size // len(data) + 1))[:size])  # right size, wrong content
     assert only_clear_errors(lambda: ShardDataset(directory)) is None
-
-
-@DEEP
-@given(choice=st.integers(0, 10**6), value=json_values)
-def test_checkpoint_metadata_with_a_wrong_value(assets, tmp_path_factory, choice, value):
-    folder = tmp_path_factory.mktemp("k") / "ckpt"
-    shutil.copytree(assets["checkpoint"], folder)
-    meta = json.loads((folder / "checkpoint.json").read_text())
-    paths = list(_mutations(meta))
-    (folder / "checkpoint.json").write_text(json.dumps(_mutate(meta, paths[choice % len(paths)], value)))
-    only_clear_errors(lambda: load_checkpoint(folder))
 
 
 @FUZZ
@@ -158,10 +163,10 @@ def test_tokenizer_files_of_random_bytes(tmp_path_factory, data, suffix):
 @given(option=st.sampled_from(["--steps", "--batch-size", "--grad-accum", "--eval-every", "--ckpt-every", "--keep",
                                "--log-every", "--eval-tokens", "--max-bad-steps", "--stop-after"]),
        value=st.integers(-10**6, 0))
-def test_non_positive_training_options_are_refused(assets, tmp_path_factory, capsys, option, value):
+def test_non_positive_training_options_are_refused(fuzz_assets, tmp_path_factory, capsys, option, value):
     out = tmp_path_factory.mktemp("o") / "run"
     with pytest.raises(SystemExit) as exit_info:
-        main(["pretrain", "--shards", str(assets["shards"]), "--out", str(out), option, str(value), "-q"])
+        main(["pretrain", "--shards", str(fuzz_assets["shards"]), "--out", str(out), option, str(value), "-q"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "error" in err.lower()
@@ -244,13 +249,13 @@ ESCAPING_NAMES = st.one_of(
 
 @DEEP
 @given(name=ESCAPING_NAMES, where=st.integers(0, 10**6))
-def test_manifest_names_that_leave_the_folder(assets, tmp_path_factory, name, where):
-    directory = tmp_path_factory.mktemp("n") / "shards"
-    shutil.copytree(assets["shards"], directory)
-    manifest = json.loads((directory / "manifest.json").read_text())
-    places = [manifest["tokenizer"]] + [s for split in manifest["splits"].values() for s in split["shards"]]
-    places[where % len(places)]["file"] = name
-    (directory / "manifest.json").write_text(json.dumps(manifest))
+def test_manifest_names_that_leave_the_folder(fuzz_assets, tmp_path_factory, name, where):
+    def rename(manifest):
+        places = [manifest["tokenizer"]] + [s for split in manifest["splits"].values() for s in split["shards"]]
+        places[where % len(places)]["file"] = name
+        return manifest
+
+    directory = _edited_copy(fuzz_assets["shards"], "manifest.json", tmp_path_factory, rename)
     message = clear_error(lambda: ShardDataset(directory))
     assert message is not None and "not a plain file name in its folder" in message
 
@@ -260,13 +265,12 @@ ABSURD_NUMBERS = st.sampled_from([float("nan"), float("inf"), float("-inf"), 1e3
 
 @DEEP
 @given(choice=st.integers(0, 10**6), value=ABSURD_NUMBERS)
-def test_manifest_numbers_that_are_not_finite_or_absurd(assets, tmp_path_factory, choice, value):
-    directory = tmp_path_factory.mktemp("x") / "shards"
-    shutil.copytree(assets["shards"], directory)
-    manifest = json.loads((directory / "manifest.json").read_text())
+def test_manifest_numbers_that_are_not_finite_or_absurd(fuzz_assets, tmp_path_factory, choice, value):
+    manifest = json.loads((fuzz_assets["shards"] / "manifest.json").read_text())
     numbers = [path for path in _mutations(manifest) if path and isinstance(_value_at(manifest, path), (int, float))]
     path = numbers[choice % len(numbers)]
-    (directory / "manifest.json").write_text(json.dumps(_mutate(manifest, path, value)))  # NaN/Infinity as Python writes them
+    directory = _edited_copy(fuzz_assets["shards"], "manifest.json", tmp_path_factory,
+                             lambda manifest: _mutate(manifest, path, value))
     message = clear_error(lambda: ShardDataset(directory))
     assert message is not None, f"{'.'.join(map(str, path))} = {value!r} was accepted"
 

@@ -12,8 +12,10 @@ from rich.table import Table
 
 from ..checks import SEED, option
 from ..errors import Gpt1Error, interrupt_leaves
+from ..model.generation.completion import DecodeSettings
 from ..runtime import pick_device
 from ..tasks.outputs import check_output, is_stdout, write_json
+from .options import setting_option, was_given
 
 
 GENERATION_OPTIONS = ("beams", "max_new_tokens", "length_penalty", "length_norm", "repetition_penalty",
@@ -34,12 +36,13 @@ def eval_(
     template: Optional[str] = typer.Option(None, help="--shots: prompt template with the task's {fields} and one {answer}; \\n is a line break.", show_default="per task, e.g. classify '{text}\\nAnswer: {answer}'"),
     verbalizer: Optional[str] = typer.Option(None, help="--shots: JSON object (inline or a file) mapping labels to answer words.", show_default="each label as written"),
     seed: int = typer.Option(0, callback=option(**SEED), help="--shots: seed of the draw of solved examples (per query; nested across K)."),
-    beams: int = typer.Option(1, callback=option(minimum=1), help="generate: beams of beam search (1 is greedy decoding)."),
-    max_new_tokens: Optional[int] = typer.Option(None, callback=option(minimum=1), help="generate: most tokens per output.", show_default="the longest reference + 8"),
-    length_penalty: float = typer.Option(0.0, callback=option(), help="generate: beam search length penalty alpha (0: none; see gpt1 generate)."),
-    length_norm: str = typer.Option("gnmt", help="generate: gnmt ((5 + length) / 6)^alpha or power length^alpha."),
-    repetition_penalty: float = typer.Option(1.0, callback=option(above=0), help="generate: CTRL repetition penalty (1 is none)."),
-    no_repeat_ngram_size: int = typer.Option(0, callback=option(minimum=0), help="generate: never repeat an n-gram of this size (0 is off)."),
+    # Decoding settings, worded for --task generate; their defaults and rules are DecodeSettings'.
+    beams: int = setting_option(DecodeSettings, "beams", help="generate: beams of beam search (1 is greedy decoding)."),
+    max_new_tokens: Optional[int] = setting_option(DecodeSettings, "max_new_tokens", default=None, help="generate: most tokens per output.", show_default="the longest reference + 8"),
+    length_penalty: float = setting_option(DecodeSettings, "length_alpha", help="generate: beam search length penalty alpha (0: none; see gpt1 generate)."),
+    length_norm: str = setting_option(DecodeSettings, "length_norm", help="generate: gnmt ((5 + length) / 6)^alpha or power length^alpha."),
+    repetition_penalty: float = setting_option(DecodeSettings, "repetition_penalty", help="generate: CTRL repetition penalty (1 is none)."),
+    no_repeat_ngram_size: int = setting_option(DecodeSettings, "no_repeat_ngram_size", help="generate: never repeat an n-gram of this size (0 is off)."),
     predictions: Optional[Path] = typer.Option(None, help="generate: also write each prompt, reference and output as JSONL here (- is standard output).", show_default="none"),
     max_tokens: Optional[int] = typer.Option(None, callback=option(minimum=1), help="Most tokens evaluated with --shards (validation split) or --text.", show_default="all"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON here; - prints the JSON to standard output (the table then goes to standard error).", show_default="none"),
@@ -50,14 +53,14 @@ def eval_(
     BLEU/chrF/ROUGE of generated text, or zero-/few-shot in-context learning."""
     from ..data.shards import ShardDataset
     from ..model.loading import model_from_checkpoint
-    from ..tasks.evaluate import evaluate_task, lm_text_eval, zero_shot_mcq
-    from ..train.evaluate import evaluate_lm
+    from ..tasks.fewshot import zero_shot_mcq
+    from ..tasks.head_eval import evaluate_task
+    from ..train.lm_eval import evaluate_lm, lm_text_eval
 
     modes = sum(x is not None for x in (shards, text, task))
     if modes != 1:
         raise Gpt1Error("give exactly one of --shards, --text or --task (with --data)")
-    given = {name for name in (*GENERATION_OPTIONS, *FEWSHOT_OPTIONS)
-             if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")}
+    given = {name for name in (*GENERATION_OPTIONS, *FEWSHOT_OPTIONS) if was_given(ctx, name)}
     if task != "generate" and given & set(GENERATION_OPTIONS):
         raise Gpt1Error(f"--{sorted(given & set(GENERATION_OPTIONS))[0].replace('_', '-')} applies to --task generate")
     if shots is None and given & set(FEWSHOT_OPTIONS):
@@ -86,7 +89,6 @@ def eval_(
             if task == "generate":
                 if zero_shot or shots is not None:
                     raise Gpt1Error("--zero-shot and --shots score answers of labelled tasks, not --task generate")
-                from ..model.generate import DecodeSettings
                 from ..tasks.generative import evaluate_generation
 
                 settings = DecodeSettings(max_new_tokens=max_new_tokens, temperature=0.0, beams=beams,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
@@ -11,30 +12,35 @@ import torch
 import typer
 from rich.console import Console
 
-from ..checks import SEED, option
+from ..checks import SEED, number, option
 from ..errors import Gpt1Error, Interrupted, interrupt_leaves
-from ..model.generate import DecodeSettings, check_prompt, complete, task_prompt
+from ..model.generation.completion import DecodeSettings, complete
+from ..model.generation.sampling import check_prompt
 from ..model.loading import model_from_checkpoint, tokenizer_for
 from ..runtime import pick_device
+from ..settings import setting
 from ..tasks.outputs import check_output, is_stdout, where
+from ..tasks.transforms import task_prompt
+from .options import Options, command
 
 
+@dataclass(frozen=True)
+class SampleSettings(DecodeSettings):
+    """`gpt1 generate` samples unless told otherwise (the library's decoding defaults to greedy)."""
+
+    temperature: float = setting(0.8, "Sampling temperature (>= 0); 0 is greedy. Not used by beam search.",
+                                 rule=number(minimum=0))
+
+
+@command(SampleSettings)
 def generate(
     ckpt: Path = typer.Option(..., help="Checkpoint folder or run directory (its latest checkpoint)."),
     prompt: Optional[str] = typer.Option(None, help="Text to continue (or --input FILE).", show_default="none"),
     input_file: Optional[Path] = typer.Option(None, "--input", help="JSONL of prompts, one {\"prompt\": ...} (or {\"input\": ...}) per line.", show_default="none"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="With --input: JSONL written with each line's fields plus completion and finish (and beams with --beams > 1); - is standard output. Ctrl-C keeps the lines done in OUT.partial.", show_default="none"),
     overwrite: bool = typer.Option(False, help="Replace an existing --out file."),
-    max_new_tokens: int = typer.Option(100, callback=option(minimum=1), help="Most tokens to generate."),
-    temperature: float = typer.Option(0.8, callback=option(minimum=0), help="Sampling temperature (>= 0); 0 is greedy. Not used by beam search."),
-    top_k: Optional[int] = typer.Option(None, callback=option(minimum=1), help="Sample only from the k most likely tokens (k >= 1).", show_default="all"),
-    top_p: Optional[float] = typer.Option(None, callback=option(above=0, maximum=1), help="Sample only from the smallest set of tokens reaching this probability (in (0, 1]).", show_default="1"),
-    beams: int = typer.Option(1, callback=option(minimum=1), help="Beam search with N beams (deterministic) and show the N best with their scores; 1 samples (or is greedy)."),
-    length_penalty: float = typer.Option(0.0, callback=option(), help="Beam search: alpha; hypotheses are ranked by log P / lp(length) (0: plain log P; > 0 favours longer ones)."),
-    length_norm: str = typer.Option("gnmt", help="Beam search: lp = ((5 + length) / 6)^alpha (gnmt, Wu et al. 2016) or length^alpha (power)."),
-    early_stopping: bool = typer.Option(True, "--early-stopping/--no-early-stopping", help="Beam search: stop once N hypotheses are finished; --no-early-stopping goes on until no live beam can beat them."),
-    repetition_penalty: float = typer.Option(1.0, callback=option(above=0), help="CTRL's penalty on tokens already in the prompt or output (positive logits divided by it, negative multiplied); 1 is none."),
-    no_repeat_ngram_size: int = typer.Option(0, callback=option(minimum=0), help="Never repeat an n-gram of this size (prompt included); 0 is off."),
+    *,
+    options: Options,
     stop: Optional[List[str]] = typer.Option(None, "--stop", help="End the output where this string appears (it is not printed; \\n is a line break); repeatable.", show_default="none"),
     task_format: bool = typer.Option(False, "--task-format", help="Wrap the prompt as \\[start; prompt; delim] and print only the completion (on by itself for a checkpoint fine-tuned with --task generate)."),
     plain: bool = typer.Option(False, "--plain", help="Continue the prompt as plain text even for a generate-task checkpoint."),
@@ -51,12 +57,7 @@ def generate(
         raise Gpt1Error("--out goes with --input FILE; a --prompt's completion is printed")
     if task_format and plain:
         raise Gpt1Error("--task-format and --plain contradict each other: give one")
-    settings = DecodeSettings(
-        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, beams=beams,
-        length_alpha=length_penalty, length_norm=length_norm, early_stopping=early_stopping,
-        repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
-        stop=tuple(s.replace("\\n", "\n") for s in stop or ()),
-    ).check()
+    settings = options.config(SampleSettings, stop=tuple(s.replace("\\n", "\n") for s in stop or ())).check()
     if input_file is not None:
         check_output(out, overwrite)  # before the model is loaded
     dev = pick_device(device)
@@ -72,12 +73,12 @@ def generate(
         return
     prompt_ids = tokenizer.encode(prompt)
     if wrap:
-        prompt_ids = task_prompt(tokenizer, prompt_ids, model.config.n_ctx, max_new_tokens)
+        prompt_ids = task_prompt(tokenizer, prompt_ids, model.config.n_ctx, settings.max_new_tokens)
     check_prompt(model, prompt_ids)
     head = "" if wrap else prompt
     generator = torch.Generator(device=dev).manual_seed(seed)
     try:
-        if beams == 1:
+        if settings.beams == 1:
             sys.stdout.write(head)
 
             def show(text: str) -> None:

@@ -9,7 +9,7 @@ from rich.console import Console
 
 from ..errors import interrupt_leaves
 from ..runtime import pick_device
-from ..tasks.evaluate import predict as run_predict
+from ..tasks.head_eval import predict as run_predict
 from ..tasks.outputs import is_stdout, where
 
 

@@ -6,6 +6,7 @@ import datetime
 import os
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -16,11 +17,13 @@ from ..errors import Gpt1Error, Interrupted, interrupt_leaves
 from ..fileio import atomic_path, atomic_write_json, file_hash, plain_name, read_json
 from ..locking import exclusive_output
 from ..progress import progress_bar
+from ..settings import check_settings, setting
+from ..tokenizer import load_tokenizer, tokenizer_filename
+from ..tokenizer.sentencepiece_bpe import MAX_SENTENCE_BYTES, MAX_VOCAB, check_vocab_size, train_sentencepiece
 from .corpus import TextBatch, check_errors_mode, expand_inputs, iter_text_batches, split_long_line
 from .shards import (FORMAT, FORMAT_VERSION, HEX_DIGEST, MANIFEST, SHARD_NAME, TOKENIZER_FILE, ShardWriter,
                      check_tokens_per_shard, token_dtype)
 from .stream import EncodedBatch, EncodeTimer, encode_batches
-from .tokenizer import MAX_SENTENCE_BYTES, check_vocab_size, load_tokenizer, tokenizer_filename, train_sentencepiece
 
 JOURNAL = ".tokenize-journal.json"
 JOURNAL_FORMAT = "gpt1-tokenize-journal"
@@ -42,18 +45,59 @@ def _whole(value, name: str, **bounds) -> int:
     return int(value)
 
 
-def check_settings(*, vocab_size, tokenizer, tokens_per_shard, val_fraction, seed, errors, num_threads,
-                   max_train_sentences) -> None:
-    """Every ``tokenize`` setting, before anything is read, trained or allocated."""
-    if tokenizer is None:
-        check_vocab_size(vocab_size)
-    check_tokens_per_shard(tokens_per_shard)
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0.0 < val_fraction < 1.0:
-        raise Gpt1Error(f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}")
-    _whole(seed, "--seed", **SEED)
-    check_errors_mode(errors)
-    _whole(num_threads, "--threads", minimum=0, maximum=MAX_THREADS)
-    _whole(max_train_sentences, "--max-train-sentences", minimum=1, maximum=MAX_TRAIN_SENTENCES)
+def _rule(check):
+    """A setting's rule from a check that names its option itself."""
+
+    def rule(value, name):
+        check(value)
+        return value
+
+    return rule
+
+
+def _whole_number(**bounds):
+    return lambda value, name: _whole(value, name, **bounds)
+
+
+def _vocab_limit(value, name):
+    """A whole number, not absurdly large, whatever the tokenizer; the lower bound applies to one trained here."""
+    if isinstance(value, bool) or not isinstance(value, int) or value > MAX_VOCAB:
+        check_vocab_size(value)
+    return value
+
+
+def _fraction(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
+        raise Gpt1Error(f"{name} must be between 0 and 1 (exclusive), got {value}")
+    return value
+
+
+@dataclass
+class TokenizeConfig:
+    """The settings of `gpt1 tokenize` (besides its inputs and output directory)."""
+
+    vocab_size: int = setting(8000, "Vocabulary size of the BPE tokenizer to train.", rule=_vocab_limit)
+    tokenizer: str | None = setting(None, "Reuse a tokenizer instead of training one: a SentencePiece .model, an "
+                                    "openai-bpe .json, or openai:DIR (the original GPT-1 encoder + merges).")
+    tokens_per_shard: int = setting(1 << 24, "Tokens per Arrow shard file (at most 2^31).",
+                                    rule=_rule(check_tokens_per_shard))
+    val_fraction: float = setting(0.005, "Fraction of documents held out for validation.", rule=_fraction)
+    seed: int = setting(0, "Seed of the train/validation split.", rule=_whole_number(**SEED))
+    errors: str = setting("strict", "Invalid UTF-8: 'strict' stops with the file and byte offset, 'replace' "
+                          "substitutes U+FFFD.", rule=_rule(check_errors_mode))
+    num_threads: int = setting(0, "Encoding threads (0: all cores).", flags=("--threads",),
+                               rule=_whole_number(minimum=0, maximum=MAX_THREADS))
+    max_train_sentences: int = setting(1_000_000, "Lines sampled to train the tokenizer (the trainer holds them in "
+                                       "memory: about 1.1 GB peak at the default).",
+                                       rule=_whole_number(minimum=1, maximum=MAX_TRAIN_SENTENCES))
+    overwrite: bool = setting(False, "Replace shards already in --out, or an unfinished run of other inputs or settings.")
+
+    def check(self) -> "TokenizeConfig":
+        """Every setting, before anything is read, trained or allocated."""
+        check_settings(self)
+        if self.tokenizer is None:
+            check_vocab_size(self.vocab_size)
+        return self
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,49 +385,36 @@ def _distribute(encoded: EncodedBatch, writers: dict, rng: np.random.Generator, 
     return ended, (bool(labels[-1]) if text.open_end else None), unsaved
 
 
-def tokenize_corpus(
-    inputs: list[str],
-    out_dir: str | Path,
-    *,
-    vocab_size: int = 8000,
-    tokenizer: str | Path | None = None,
-    tokens_per_shard: int = 1 << 24,
-    val_fraction: float = 0.005,
-    seed: int = 0,
-    errors: str = "strict",
-    num_threads: int = 0,
-    max_train_sentences: int = 1_000_000,
-    overwrite: bool = False,
-    show_progress: bool = True,
-) -> dict:
+def tokenize_corpus(inputs: list[str], out_dir: str | Path, *, show_progress: bool = True, **settings) -> dict:
     """Train (or reuse) a tokenizer, encode ``inputs`` into shards in ``out_dir``; return the manifest.
 
-    An interrupted run leaves a journal in ``out_dir``; the same call again resumes it. A call with
+    ``settings`` are fields of :class:`TokenizeConfig` (the others keep its defaults). An
+    interrupted run leaves a journal in ``out_dir``; the same call again resumes it. A call with
     other inputs or settings is refused unless ``overwrite``, which starts over.
     """
     started = time.perf_counter()
-    check_settings(vocab_size=vocab_size, tokenizer=tokenizer, tokens_per_shard=tokens_per_shard,
-                   val_fraction=val_fraction, seed=seed, errors=errors, num_threads=num_threads,
-                   max_train_sentences=max_train_sentences)
+    config = TokenizeConfig(**settings).check()
     paths = expand_inputs(inputs)
-    source = load_tokenizer(tokenizer) if tokenizer is not None else None  # validates before anything is written
+    # Loading validates a tokenizer to reuse before anything is written.
+    source = load_tokenizer(config.tokenizer) if config.tokenizer is not None else None
     out_dir = Path(out_dir)
-    threads = num_threads or os.cpu_count() or 1
-    settings = _run_settings(paths, source, vocab_size=vocab_size, max_train_sentences=max_train_sentences,
-                             tokens_per_shard=tokens_per_shard, val_fraction=val_fraction, seed=seed, errors=errors)
+    threads = config.num_threads or os.cpu_count() or 1
+    run_settings = _run_settings(paths, source, vocab_size=config.vocab_size,
+                                 max_train_sentences=config.max_train_sentences, tokens_per_shard=config.tokens_per_shard,
+                                 val_fraction=config.val_fraction, seed=config.seed, errors=config.errors)
     with exclusive_output(out_dir, "--out directory"):
-        journal = Journal(out_dir, settings)
+        journal = Journal(out_dir, run_settings)
         with interrupt_leaves(f"no manifest written, {out_dir} is not usable yet; run the same command again"):
-            state = _prepare(out_dir, journal, settings, overwrite, source)
+            state = _prepare(out_dir, journal, run_settings, config.overwrite, source)
             skip = None
             if state is not None:
                 tokenizer_path = out_dir / journal.tokenizer["file"]
                 tok = load_tokenizer(tokenizer_path)
-                writers = _writers(out_dir, tok, tokens_per_shard)
+                writers = _writers(out_dir, tok, config.tokens_per_shard)
                 try:
-                    skip = journal.restore(state, writers, tokens_per_shard)
+                    skip = journal.restore(state, writers, config.tokens_per_shard)
                 except JournalError as exc:
-                    if not overwrite:
+                    if not config.overwrite:
                         raise _cannot_resume(out_dir, exc.reason) from None
                     _clear_outputs(out_dir, journal, keep=getattr(source, "path", None))
         if skip is None:
@@ -392,18 +423,19 @@ def tokenize_corpus(
                 if source is None:
                     tokenizer_path = out_dir / TOKENIZER_FILE
                     with progress_bar("training tokenizer", None, enabled=show_progress):
-                        tok = train_sentencepiece(_training_sentences(paths, errors), tokenizer_path, vocab_size,
-                                                  max_sentences=max_train_sentences, num_threads=threads)
+                        tok = train_sentencepiece(_training_sentences(paths, config.errors), tokenizer_path,
+                                                  config.vocab_size, max_sentences=config.max_train_sentences,
+                                                  num_threads=threads)
                 else:
                     tokenizer_path = source.save(out_dir / tokenizer_filename(source))
                     tok = load_tokenizer(tokenizer_path)
-                writers = _writers(out_dir, tok, tokens_per_shard)
+                writers = _writers(out_dir, tok, config.tokens_per_shard)
                 skip = 0
                 journal.tokenizer = {"file": tokenizer_path.name, "blake2b": file_hash(tokenizer_path)}
                 journal.save(0, writers)  # from here a re-run resumes, reusing the tokenizer
         try:
-            splits, stats = _encode(paths, errors, tok, writers, journal, skip, seed=seed, val_fraction=val_fraction,
-                                    threads=threads, show_progress=show_progress)
+            splits, stats = _encode(paths, config.errors, tok, writers, journal, skip, seed=config.seed,
+                                    val_fraction=config.val_fraction, threads=threads, show_progress=show_progress)
             manifest = {
                 "format": FORMAT,
                 "version": FORMAT_VERSION,
@@ -416,9 +448,9 @@ def tokenize_corpus(
                     "special": tok.specials,
                 },
                 "dtype": writers["train"].dtype.name,
-                "tokens_per_shard": tokens_per_shard,
-                "val_fraction": val_fraction,
-                "seed": seed,
+                "tokens_per_shard": config.tokens_per_shard,
+                "val_fraction": config.val_fraction,
+                "seed": config.seed,
                 "inputs": [str(p) for p in paths],
                 "splits": splits,
                 "stats": {"seconds": round(time.perf_counter() - started, 3), **stats, "threads": threads},

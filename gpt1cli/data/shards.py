@@ -23,6 +23,7 @@ import pyarrow as pa
 from ..checks import check_number
 from ..errors import Gpt1Error
 from ..fileio import atomic_path, file_hash, plain_name, read_json
+from ..tokenizer import load_tokenizer
 
 MANIFEST = "manifest.json"
 TOKENIZER_FILE = "tokenizer.model"
@@ -337,8 +338,6 @@ class ShardDataset:
 
     def _check_tokenizer(self, source: Path) -> None:
         """The tokenizer beside the shards is the one they were made with (a swap would train on garbage)."""
-        from .tokenizer import load_tokenizer
-
         path = self.tokenizer_path
         if not path.is_file():
             raise Gpt1Error(f"{self.directory} lacks its tokenizer {path.name} (named in {source.name}): "

@@ -24,12 +24,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..checkpoint import load_checkpoint
 from ..config import ModelConfig
-from ..data.openai_bpe import SPECIAL_TOKENS, UNKNOWN_ID
-from ..data.tokenizer import load_tokenizer
 from ..errors import Gpt1Error
 from ..fileio import atomic_write_bytes, atomic_write_json, plain_name, read_json
-from ..train.checkpoint import load_checkpoint
+from ..tokenizer import load_tokenizer
+from ..tokenizer.openai_bpe import SPECIAL_TOKENS, UNKNOWN_ID
 from .layout import (
     EMBEDDINGS, HF_BASE, HF_LM_HEAD, HF_MC_HEAD, OUR_HEAD, from_hf, hf_shapes, is_hf_buffer, to_hf,
 )

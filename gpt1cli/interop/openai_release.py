@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from ..config import ModelConfig
-from ..data.openai_bpe import OpenAIBPETokenizer
 from ..errors import Gpt1Error
 from ..fileio import parse_json
+from ..tokenizer.openai_bpe import OpenAIBPETokenizer
 from .layout import LAYER_PARTS, from_release, numel, release_shapes
 from .problems import Problems
 from .runs import ImportSummary, check_against_model, check_empty_target, fit_embedding, write_run

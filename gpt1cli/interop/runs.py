@@ -16,9 +16,9 @@ from typing import Iterator
 
 import torch
 
+from ..checkpoint import save_checkpoint
 from ..config import ModelConfig
 from ..errors import Gpt1Error
-from ..train.checkpoint import save_checkpoint
 from .layout import our_shapes
 from .problems import Problems
 

@@ -34,6 +34,14 @@ class KVCache:
         self.keys[layer], self.values[layer] = k, v
         return k, v
 
+    def reorder(self, index: torch.Tensor) -> None:
+        """Row ``i`` becomes old row ``index[i]``: rows may repeat (a beam with two children, one
+        context shared by several candidates) or go."""
+        for layer, keys in enumerate(self.keys):
+            if keys is not None:
+                self.keys[layer] = keys.index_select(0, index)
+                self.values[layer] = self.values[layer].index_select(0, index)
+
 
 class LayerNorm(nn.Module):
     """LayerNorm whose forward can fold in a residual add (one fused kernel on CUDA)."""

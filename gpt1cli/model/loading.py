@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from ..data.tokenizer import load_tokenizer
+from ..checkpoint import Checkpoint, load_checkpoint
 from ..errors import Gpt1Error
-from ..train.checkpoint import Checkpoint, load_checkpoint
+from ..tokenizer import load_tokenizer
 from .gpt import GPT
 
 

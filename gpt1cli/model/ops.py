@@ -112,6 +112,17 @@ def attention_prefers_sdpa(tq: int, tk: int) -> bool:
     return tq < tk and (tq <= DECODE_MAX_QUERIES or DECODE_KEY_RATIO * tq <= tk)
 
 
+def _triton_or(tensor: torch.Tensor, module: str, name: str, fallback):
+    """``gpt1_kernels.<module>.<name>`` when ops on ``tensor`` go to Triton, else ``fallback``."""
+    if not use_triton(tensor):
+        return fallback
+    # Imported on the Triton path only, as they import Triton; an import statement (unlike
+    # importlib) is something torch.compile traces without a graph break.
+    from gpt1_kernels import attention, cross_entropy, layernorm
+
+    return getattr({"attention": attention, "cross_entropy": cross_entropy, "layernorm": layernorm}[module], name)
+
+
 def causal_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -122,11 +133,10 @@ def causal_attention(
     window: int | None = None,
 ) -> torch.Tensor:
     """Causal softmax attention over ``(B, H, T, D)`` tensors (see :mod:`gpt1_kernels.reference`)."""
-    if use_triton(q) and not attention_prefers_sdpa(q.shape[-2], k.shape[-2]):
-        from gpt1_kernels.attention import flash_attention
-
-        return flash_attention(q, k, v, causal=True, dropout_p=dropout_p, key_lengths=key_lengths, window=window)
-    return reference.attention_sdpa(q, k, v, causal=True, dropout_p=dropout_p, key_lengths=key_lengths, window=window)
+    attend = reference.attention_sdpa
+    if not attention_prefers_sdpa(q.shape[-2], k.shape[-2]):
+        attend = _triton_or(q, "attention", "flash_attention", attend)
+    return attend(q, k, v, causal=True, dropout_p=dropout_p, key_lengths=key_lengths, window=window)
 
 
 def add_layer_norm(
@@ -138,11 +148,8 @@ def add_layer_norm(
     return_sum: bool = False,
 ):
     """``LayerNorm(x + residual)``; with ``return_sum`` also returns ``x + residual``."""
-    if use_triton(x):
-        from gpt1_kernels.layernorm import add_layer_norm as fused
-
-        return fused(x, residual, weight, bias, eps=eps, return_sum=return_sum)
-    return reference.add_layer_norm_reference(x, residual, weight, bias, eps=eps, return_sum=return_sum)
+    norm = _triton_or(x, "layernorm", "add_layer_norm", reference.add_layer_norm_reference)
+    return norm(x, residual, weight, bias, eps=eps, return_sum=return_sum)
 
 
 def linear_cross_entropy(
@@ -154,13 +161,8 @@ def linear_cross_entropy(
     reduction: str = "mean",
 ) -> torch.Tensor:
     """Cross-entropy of ``hidden @ weight.T`` against ``targets`` (the tied LM head's loss)."""
-    if use_triton(hidden):
-        from gpt1_kernels.cross_entropy import linear_cross_entropy as fused
-
-        return fused(hidden, weight, targets, ignore_index=ignore_index, reduction=reduction)
-    return reference.linear_cross_entropy_reference(
-        hidden, weight, targets, ignore_index=ignore_index, reduction=reduction
-    )
+    loss = _triton_or(hidden, "cross_entropy", "linear_cross_entropy", reference.linear_cross_entropy_reference)
+    return loss(hidden, weight, targets, ignore_index=ignore_index, reduction=reduction)
 
 
 def cross_entropy(
@@ -171,8 +173,5 @@ def cross_entropy(
     reduction: str = "mean",
 ) -> torch.Tensor:
     """Cross-entropy on given logits (fine-tuning heads, evaluation)."""
-    if use_triton(logits):
-        from gpt1_kernels.cross_entropy import cross_entropy as fused
-
-        return fused(logits, targets, ignore_index=ignore_index, reduction=reduction)
-    return reference.cross_entropy_reference(logits, targets, ignore_index=ignore_index, reduction=reduction)
+    loss = _triton_or(logits, "cross_entropy", "cross_entropy", reference.cross_entropy_reference)
+    return loss(logits, targets, ignore_index=ignore_index, reduction=reduction)

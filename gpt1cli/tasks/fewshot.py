@@ -3,8 +3,8 @@
 For each query, K solved examples drawn from a pool (seeded) are written with a template,
 followed by the query written with the same template up to its ``{answer}``. Every candidate
 answer (the verbalised labels, or an mcq example's choices) is scored by the language model's
-mean log-probability of its tokens after that prompt, as :func:`~gpt1cli.tasks.evaluate.choice_loglik`
-does; the best-scoring candidate is the prediction.
+mean log-probability of its tokens after that prompt; the best-scoring candidate is the
+prediction. Zero-shot multiple choice (``gpt1 eval --zero-shot``) is the K=0 case.
 
 Encoding: each line of a prompt is encoded on its own and the pieces concatenated, as
 ``gpt1 tokenize`` encodes the lines of a document; so line breaks in a template cost no tokens
@@ -26,15 +26,15 @@ from pathlib import Path
 
 import torch
 
-from ..data.tokenizer import load_tokenizer
 from ..checks import SEED, check_number
 from ..errors import Gpt1Error
 from ..fileio import parse_json
-from ..model.generate import BeamCache
+from ..model.gpt import KVCache
 from ..model.loading import model_from_checkpoint
 from ..runtime import autocast, step_seed
+from ..tokenizer import load_tokenizer
 from .data import FIELDS, TASKS, Example, label_set, label_text, load_examples
-from .metrics import classification_report
+from .label_metrics import classification_report
 
 DEFAULT_TEMPLATES = {
     "classify": "{text}\nAnswer: {answer}",
@@ -246,7 +246,7 @@ def score_candidates(model, context: list[int], candidates: list[list[int]], dev
     if not context:
         raise ValueError("an empty context")
     n_layer = model.config.n_layer
-    cache = BeamCache(n_layer)
+    cache = KVCache(n_layer)
     with autocast(device):
         hidden = model(torch.tensor([context], device=device), cache=cache)
         first = torch.log_softmax(model.logits(hidden[0, -1]).float(), dim=-1)
@@ -339,3 +339,13 @@ def fewshot_eval(ckpt: str | Path, task: str, data: str | Path, device, *, shots
             "labels": fs.labels if fs.labels is not None else list(range(n_classes)),
             "shots_from": str(shots_from) if shots_from is not None else "the query's file, without the query",
             "results": rows, "example_prompt": example_prompt}
+
+
+def zero_shot_mcq(ckpt: str | Path, data: str | Path, device) -> dict:
+    """Multiple choice with no head and no solved examples: the K=0 row of :func:`fewshot_eval`,
+    reported as one classification report."""
+    result = fewshot_eval(ckpt, "mcq", data, device, shots=[0])
+    row = result["results"][0]
+    report = {key: row[key] for key in ("accuracy", "macro_f1", "mcc", "confusion", "examples")}
+    report.update(task="mcq", mode="zero-shot", chance=result["chance"])
+    return report

@@ -19,22 +19,22 @@ from pathlib import Path
 
 import torch
 
-from ..checks import check_number
-from ..data.tokenizer import load_tokenizer
+from ..checks import number
 from ..errors import Gpt1Error
-from ..model import ops
-from ..model.generate import Completion, DecodeSettings, complete, task_prompt
+from ..model.generation.completion import Completion, DecodeSettings, complete
 from ..model.gpt import GPT
 from ..model.loading import model_from_checkpoint
 from ..progress import progress_bar
 from ..runtime import autocast, seed_everything
-from ..train.distributed import World, all_reduce_mean, distributed_session, wrap_model
-from ..train.metrics import MetricsLog
-from ..train.optim import make_optimizer
+from ..settings import setting
+from ..tokenizer import load_tokenizer
+from ..train.distributed import World, all_reduce_mean, full_model_state
+from ..train.loop import Trainer
 from .data import records
 from .gen_metrics import HIGHER_IS_BETTER, generation_metrics
-from .outputs import check_output, locked_directory, output_lines
-from .training import FinetuneLoop, begin_run, check_settings, finished_summary, settings_of
+from .outputs import check_output, output_lines
+from .training import FinetuneLoop, FinetuneSettings, Objective, begin_run, check_settings, finished_summary, run_session
+from .transforms import task_prompt
 
 TASK = "generate"
 METRICS = ("loss", "bleu", "chrf", "rougeL", "exact")
@@ -159,39 +159,20 @@ def decode_all(model, tokenizer, prompts: list[str], settings: DecodeSettings, *
 # Fine-tuning
 
 
-@dataclass
-class GenerativeConfig:
-    """A generate-task fine-tuning run; the optimisation defaults are the paper's fine-tuning ones."""
+@dataclass(kw_only=True)
+class GenerativeConfig(FinetuneSettings):
+    """A generate-task fine-tuning run (``metric`` defaults to loss)."""
 
-    train: str
-    val: str
-    from_run: str
-    out: str
-    init: str = "pretrained"
-    loss_on_prompt: bool = False
-    lr: float = 6.25e-5
-    batch_size: int = 32
-    epochs: int = 3
-    warmup_fraction: float = 0.002
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    metric: str | None = None  # default: loss
-    max_new_tokens: int | None = None  # decoding budget for --metric other than loss
-    eval_every: int | None = None  # steps; default once per epoch
-    seed: int = 0
-    device: str = "auto"
-    parallel: str = "ddp"
-    dist_timeout: float = 600.0
-    max_bad_steps: int = 10  # non-finite steps in a row before the run stops
-    resume: bool = False  # continue the run in ``out`` from its training state
-    overwrite: bool = False  # replace a run already in ``out``
+    loss_on_prompt: bool = setting(False, "generate: also train on the prompt's tokens, not only the completion's.",
+                                   flags=("--loss-on-prompt",))
+    max_new_tokens: int | None = setting(None, "generate with a decoding --metric: most tokens per output.",
+                                         rule=number(minimum=1), show_default="the longest val completion + 8")
 
     def check(self) -> "GenerativeConfig":
         metric = self.metric or "loss"
         if metric not in METRICS:
             raise Gpt1Error(f"--metric for the generate task must be one of {', '.join(METRICS)}, not {metric!r}")
         check_settings(self)
-        check_number(self.max_new_tokens, "--max-new-tokens", minimum=1)
         return dataclasses.replace(self, metric=metric)
 
 
@@ -203,18 +184,12 @@ def finetune_generate(config: GenerativeConfig, *, show_progress: bool = True, s
     Stops, resumes and run directories work as for :func:`~gpt1cli.tasks.finetune.finetune`.
     Under torchrun each step's batch is split across the ranks; rank 0 alone logs and saves.
     """
-    config = config.check()
-    with distributed_session(config.device, config.dist_timeout) as (world, device):
-        with locked_directory(config.out, "run directory", enabled=world.is_main):
-            return _finetune(config, world, device, show_progress, say or (lambda message: None))
+    return run_session(config, _finetune, show_progress=show_progress, say=say)
 
 
 def _finetune(config: GenerativeConfig, world: World, device: torch.device, show_progress: bool, say) -> dict:
-    out = Path(config.out)
     train_examples = load_pairs(config.train)
     val_examples = load_pairs(config.val)
-    if world.distributed and config.batch_size < world.world_size:
-        raise Gpt1Error(f"--batch-size {config.batch_size} is smaller than the {world.world_size} processes")
     start = begin_run(config, driver="generate", task=TASK, world=world, say=say)
     if start.progress.finished:
         return finished_summary(start, config, TASK)
@@ -236,59 +211,42 @@ def _finetune(config: GenerativeConfig, world: World, device: torch.device, show
     model = GPT(start.config)
     if start.weights is not None:
         model.load_state_dict(start.weights)
-    model.to(device)
-    sharded = world.distributed and config.parallel == "fsdp"
-    wrapped = wrap_model(model, config.parallel, world, device)
-    eval_model = wrapped if sharded else model
-    optimizer = make_optimizer(model, config.lr, config.weight_decay)
-
-    log = MetricsLog(out / "metrics.jsonl" if world.is_main else None)
-    kernels = ops.describe_path(device)
-    if start.resumed:
-        log.write("resume", step=start.progress.step, kernels=kernels, device=str(device), world_size=world.world_size)
-    else:
-        log.write("config", config=settings_of(config), model=start.config.to_dict(), task=TASK,
-                  train_examples=len(encoded), val_examples=len(val_encoded), truncated_prompts=cut_prompts,
-                  truncated_completions=cut_completions, max_new_tokens=budget, kernels=kernels)
     task_info = {"name": TASK, "format": FORMAT, "loss_on_prompt": config.loss_on_prompt, "metric": config.metric,
                  "max_new_tokens": budget, "init": config.init}
+    loop = FinetuneLoop(config, start, "generate", task_info, world, device, model, len(encoded),
+                        logged=dict(task=TASK, train_examples=len(encoded), val_examples=len(val_encoded),
+                                    truncated_prompts=cut_prompts, truncated_completions=cut_completions,
+                                    max_new_tokens=budget),
+                        show_progress=show_progress and world.is_main)
+    trainer = loop.trainer
     higher = HIGHER_IS_BETTER[config.metric]
-    loop = FinetuneLoop(config, start, "generate", TASK, task_info, world, device, model, wrapped, optimizer,
-                        len(encoded), log, show_progress=show_progress and world.is_main)
-    loop.restore()
 
-    def evaluate() -> dict:
-        report = reference_loss(eval_model, val_encoded, tokenizer.pad_id, device)
-        if config.metric != "loss":
-            decoder = _decoding_model(model, wrapped, sharded, start.config, device)
-            if decoder is not None:
-                hypotheses = [c[0].text for c in decode_all(decoder, tokenizer, [e.prompt for e in val_examples],
-                                                            decode_settings)]
-                metrics = generation_metrics(hypotheses, references)
-                report.update({k: v for k, v in metrics.items() if not k.endswith("_signature")})
-        return report
-
-    def forward_backward(ids: list[int]) -> dict | None:
-        share = [ids[i :: world.world_size] for i in range(world.world_size)]
-        if any(not part for part in share):
-            return None  # a tail too small to give every rank an example: skipped on all ranks alike
-        mine = share[world.rank]
+    def loss(mine: list[int], batch_ids: list[int]) -> tuple[torch.Tensor, dict]:
         inputs, targets = collate_pairs([encoded[i] for i in mine], tokenizer.pad_id, config.loss_on_prompt)
         # The global token count, so every rank's sum weighs as a share of the global mean.
-        global_tokens = sum(_target_count(encoded[i], config.loss_on_prompt) for i in ids)
+        global_tokens = sum(_target_count(encoded[i], config.loss_on_prompt) for i in batch_ids)
         with autocast(device):
-            loss_sum = wrapped(inputs.to(device), targets=targets.to(device), reduction="sum")
-        # DDP averages gradients over ranks; scaling by world / global tokens makes that the global mean.
-        (loss_sum * (world.world_size / global_tokens)).backward()
+            loss_sum = trainer.wrapped(inputs.to(device), targets=targets.to(device), reduction="sum")
         loss_value = all_reduce_mean(float(loss_sum.detach()) * world.world_size / global_tokens, world, device)
-        return {"loss": loss_value, "tokens": global_tokens}
+        # DDP averages gradients over ranks; scaling by world / global tokens makes that the global mean.
+        return loss_sum * (world.world_size / global_tokens), {"loss": loss_value, "tokens": global_tokens}
+
+    def evaluate() -> dict:
+        report = reference_loss(trainer.eval_model, val_encoded, tokenizer.pad_id, device)
+        if config.metric != "loss":
+            decoder = _decoding_model(trainer, start.config, device)
+            hypotheses = [c[0].text for c in decode_all(decoder, tokenizer, [e.prompt for e in val_examples],
+                                                        decode_settings)]
+            metrics = generation_metrics(hypotheses, references)
+            report.update({k: v for k, v in metrics.items() if not k.endswith("_signature")})
+        return report
 
     def describe(step: int, report: dict) -> str:
         return (f"step {step}: val loss {report['loss']:.4f}"
                 + (f", {config.metric} {report[config.metric]:.4f}" if config.metric != "loss" else ""))
 
-    loop.run(forward_backward, evaluate, lambda report, best: _better(report, best, config.metric, higher), describe)
-    return loop.summary(kernels)
+    return loop.run(Objective(loss, evaluate, lambda report, best: _better(report, best, config.metric, higher),
+                              describe))
 
 
 def _better(report: dict, best: dict, metric: str, higher: bool) -> bool:
@@ -308,18 +266,11 @@ def _target_count(pair: tuple[list[int], int], loss_on_prompt: bool) -> int:
     return len(tokens) - 1 if loss_on_prompt else len(tokens) - first
 
 
-def _full_model_state(wrapped, *, cpu_offload: bool) -> dict:
-    """The unsharded weights of an FSDP2 model (every rank must call; with ``cpu_offload`` only rank 0 gets them)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    return get_model_state_dict(wrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=cpu_offload))
-
-
-def _decoding_model(model: GPT, wrapped, sharded: bool, config, device):
+def _decoding_model(trainer: Trainer, config, device):
     """A plain model to decode with: the model itself, or under FSDP2 a local copy of the gathered weights."""
-    if not sharded:
-        return model
-    state = _full_model_state(wrapped, cpu_offload=False)
+    if not trainer.sharded:
+        return trainer.model
+    state = full_model_state(trainer.wrapped, every_rank=True)
     local = GPT(config)
     local.load_state_dict(state)
     return local.to(device).eval()

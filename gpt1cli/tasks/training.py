@@ -1,7 +1,7 @@
-"""What the two fine-tuning drivers (task heads and the generate task) share: the settings they
-check alike, the run directory's policy (a new run, ``--resume``, ``--overwrite``), the
-resumable training state, and the loop over epochs with graceful stops, non-finite steps and
-model selection.
+"""Fine-tuning, whatever the task kind (a head, or the generate task): the settings every kind
+shares, the run directory's policy (a new run, ``--resume``, ``--overwrite``), the resumable
+training state, and the loop over epochs with model selection, built on
+:class:`~gpt1cli.train.loop.Trainer`. A task kind supplies its model and its :class:`Objective`.
 
 A run directory holds:
 
@@ -28,56 +28,75 @@ from typing import Callable
 
 import torch
 
-from ..checks import SEED, check_number
+from ..checkpoint import (CHECKPOINTS, LATEST, META, TRAIN_STATE, TRAINER_META, Checkpoint, load_checkpoint,
+                          save_checkpoint)
+from .. import settings
+from ..checks import SEED, check_number, number
 from ..config import ModelConfig
-from ..errors import Gpt1Error, Interrupted, TrainingStopped
+from ..errors import Gpt1Error, Interrupted
 from ..fileio import atomic_copy, file_hash, plain_name, read_json, remove_tree
-from ..progress import progress_bar
-from ..runtime import step_seed
-from ..train.checkpoint import (
-    CHECKPOINTS,
-    LATEST,
-    META,
-    TRAIN_STATE,
-    TRAINER_META,
-    Checkpoint,
-    load_checkpoint,
-    optimizer_from_full_state,
-    optimizer_tensors,
-    optimizer_to_full_state,
-    restore_optimizer,
-    save_checkpoint,
-)
-from ..train.distributed import World, any_rank, barrier, full_state
-from ..train.metrics import MetricsLog
+from ..settings import ANEW, MAY_CHANGE, one_of, path, setting
+from ..model import ops
+from ..train.distributed import PARALLEL_MODES, World, barrier, distributed_session
+from ..train.loop import SkippedSteps, Trainer, due
+from ..train.metrics_log import MetricsLog
 from ..train.optim import warmup_linear
-from ..train.signals import graceful_stop
+from .outputs import locked_directory
 
 STATE = TRAIN_STATE
 LOG = "metrics.jsonl"
-# Settings a resumed run may change: where and how it runs, not what it computes.
-RESUMABLE = ("device", "parallel", "dist_timeout", "max_bad_steps")
-# Not settings of the run (the data files are compared by content, not by the name they are given).
-NOT_COMPARED = ("resume", "overwrite", "train", "val")
-PARALLEL = ("ddp", "fsdp")
 
 
-def check_settings(config) -> None:
-    """The ranges both drivers' configs share (the CLI refuses the same values at parse time)."""
-    check_number(config.lr, "--lr", above=0)
-    check_number(config.batch_size, "--batch-size", minimum=1)
-    check_number(config.epochs, "--epochs", minimum=1)
-    check_number(config.warmup_fraction, "--warmup-fraction", minimum=0, maximum=1)
-    check_number(config.weight_decay, "--weight-decay", minimum=0)
-    check_number(config.grad_clip, "grad_clip", above=0)
-    check_number(config.eval_every, "--eval-every", minimum=1)
-    check_number(config.seed, "--seed", **SEED)
-    check_number(config.dist_timeout, "--dist-timeout", above=0)
-    check_number(config.max_bad_steps, "--max-bad-steps", minimum=1)
-    if config.init not in ("pretrained", "random"):
-        raise Gpt1Error(f"--init must be pretrained or random, not {config.init!r}")
-    if config.parallel not in PARALLEL:
-        raise Gpt1Error(f"--parallel must be one of {', '.join(PARALLEL)}, not {config.parallel!r}")
+@dataclass
+class FinetuneSettings:
+    """The settings of every fine-tuning task kind; the defaults are the paper's.
+
+    On resume, where and how the run goes may change (MAY_CHANGE), not what it computes; the
+    data files are compared by content, not by the name they are given (ANEW).
+    """
+
+    train: str = setting(help="Training examples (.jsonl, .csv or .parquet; fields per task in the README). Required, "
+                         "except with --resume.", rule=path, show_default="none", on_resume=ANEW, resume_fills=True)
+    val: str = setting(help="Validation examples; the best checkpoint by --metric on them is kept. Required, except "
+                       "with --resume.", rule=path, show_default="none", on_resume=ANEW, resume_fills=True)
+    from_run: str = setting(help="Pre-trained checkpoint or run directory. Required, except with --resume.",
+                            flags=("--from",), rule=path, show_default="none", resume_fills=True)
+    out: str = setting(help="Run directory: the best checkpoint in checkpoints/, the resumable state in train-state/, "
+                       "metrics.jsonl.", flags=("--out", "-o"), rule=path)
+    resume: bool = setting(False, "Continue the run in --out exactly from its training state, with its own settings "
+                           "(only --device, --parallel, --dist-timeout and --max-bad-steps may change); a finished run "
+                           "reports its figures; without a state yet, the run starts.", flags=("--resume",),
+                           on_resume=ANEW, saved=False)
+    overwrite: bool = setting(False, "Replace a run already in --out (its checkpoints, training state and "
+                              "metrics.jsonl).", on_resume=ANEW, saved=False)
+    # random: same model and tokenizer, fresh weights (the no-pre-training ablation)
+    init: str = setting("pretrained", "pretrained, or random: same model and tokenizer with fresh weights (no "
+                        "pre-training).", rule=one_of(("pretrained", "random")))
+    lr: float = setting(6.25e-5, "Peak learning rate.", rule=number(above=0))
+    batch_size: int = setting(32, "Examples per step.", rule=number(minimum=1))
+    epochs: int = setting(3, "Passes over the training examples.", rule=number(minimum=1))
+    warmup_fraction: float = setting(0.002, "Share of training spent in linear warm-up before linear decay (0 to 1).",
+                                     rule=number(minimum=0, maximum=1))
+    weight_decay: float = setting(0.01, "AdamW decay on weights (not biases or gains).", rule=number(minimum=0))
+    grad_clip: float = setting(1.0, rule=number(above=0), option=False)
+    metric: str | None = setting(None, "Model selection: accuracy, macro_f1, mcc, pearson, spearman; generate: loss, "
+                                 "bleu, chrf, rougeL, exact (greedy decoding of --val).",
+                                 show_default="accuracy, pearson with --regression, loss for generate")
+    eval_every: int | None = setting(None, "Validate (and write the resumable state) every N steps.",
+                                     rule=number(minimum=1), show_default="once per epoch")
+    max_bad_steps: int = setting(10, "Stop after this many non-finite steps in a row (each is skipped).",
+                                 rule=number(minimum=1), on_resume=MAY_CHANGE)
+    seed: int = setting(0, "Seed of the head, dropout and example order.", rule=number(**SEED))
+    device: str = setting("auto", "auto (CUDA when available), cpu or cuda.", on_resume=MAY_CHANGE)
+    parallel: str = setting("ddp", "Under torchrun: ddp (replicated) or fsdp (FSDP2, blocks sharded).",
+                            rule=one_of(PARALLEL_MODES), on_resume=MAY_CHANGE)
+    dist_timeout: float = setting(600.0, "Seconds a rank waits for the others before the job fails.",
+                                  rule=number(above=0), on_resume=MAY_CHANGE)
+
+
+def check_settings(config: FinetuneSettings) -> None:
+    """Every setting's rule (the CLI applies the same ones at parse time), and what they must agree on."""
+    settings.check_settings(config)
     if config.resume and config.overwrite:
         raise Gpt1Error("--resume continues the run in --out and --overwrite replaces it: give one")
 
@@ -87,16 +106,13 @@ def check_settings(config) -> None:
 
 
 @dataclass
-class Progress:
+class Progress(SkippedSteps):
     """Where a run stands: steps done, the best validation report so far, non-finite steps."""
 
     step: int = 0
     best: float | None = None  # the best score by the run's --metric
     best_report: dict | None = None
     best_step: int | None = None
-    bad_steps: int = 0  # non-finite steps in a row
-    skipped_steps: int = 0
-    last_step_bad: bool = False
     seconds: float = 0.0
     finished: bool = False
 
@@ -139,7 +155,8 @@ class Start:
 
 
 def settings_of(config) -> dict:
-    return {k: v for k, v in dataclasses.asdict(config).items() if k not in ("resume", "overwrite")}
+    """The run config saved with the training state (and compared on resume)."""
+    return settings.saved(config)
 
 
 def state_folder(out: Path) -> Path:
@@ -179,6 +196,8 @@ def begin_run(config, *, driver: str, task: str, world: World, say: Callable[[st
     with the saved settings, refusing any other, and on data files whose content changed; a
     finished run returns at once. Without a training state yet, ``--resume`` starts the run.
     """
+    if world.distributed and config.batch_size < world.world_size:
+        raise Gpt1Error(f"--batch-size {config.batch_size} is smaller than the {world.world_size} processes")
     out = Path(config.out)
     hashes = {"train": _hash(config.train, "--train"), "val": _hash(config.val, "--val")}
     if config.overwrite:
@@ -248,17 +267,21 @@ def _same(key: str, saved, given) -> bool:
     return saved == given
 
 
+def _option(config, key: str) -> str:
+    return settings.option_name(config, key) if key in settings.names(config) else "--" + key.replace("_", "-")
+
+
 def _check_same_run(out: Path, trainer: dict, config, driver: str, task: str, hashes: dict) -> None:
     if trainer.get("driver") != driver or trainer.get("task") != task:
         raise Gpt1Error(f"{out} holds a run of the {trainer.get('task')} task, not {task}: resume it with "
                         f"--task {trainer.get('task')}")
     saved = trainer.get("config") or {}
     given = settings_of(config)
+    not_compared = set(settings.names(config)) - set(settings.names(config, settings.FIXED))
     changed = [key for key in sorted(set(saved) | set(given))
-               if key not in RESUMABLE + NOT_COMPARED and not _same(key, saved.get(key), given.get(key))]
+               if key not in not_compared and not _same(key, saved.get(key), given.get(key))]
     if changed:
-        what = ", ".join(f"--{k.replace('_', '-').replace('from-run', 'from')} (the run has {saved.get(k)!r}, "
-                         f"given {given.get(k)!r})" for k in changed)
+        what = ", ".join(f"{_option(config, k)} (the run has {saved.get(k)!r}, given {given.get(k)!r})" for k in changed)
         raise Gpt1Error(f"--resume continues {out} with its own settings and cannot change {what}: leave them out, "
                         "or start a new run with --overwrite or another --out")
     for name, option in (("train", "--train"), ("val", "--val")):
@@ -271,57 +294,91 @@ def _check_same_run(out: Path, trainer: dict, config, driver: str, task: str, ha
 # The loop
 
 
-@dataclass
-class FinetuneLoop:
-    """Epochs of optimiser steps, validation, model selection and checkpoints, for either driver.
+def run_session(config: FinetuneSettings, fine_tune: Callable, *, show_progress: bool, say) -> dict:
+    """Check ``config``, then ``fine_tune(config, world, device, show_progress, say)`` in torchrun's
+    process group (when there is one), rank 0 holding the run directory's lock."""
+    config = config.check()
+    with distributed_session(config.device, config.dist_timeout) as (world, device):
+        with locked_directory(config.out, "run directory", enabled=world.is_main):
+            return fine_tune(config, world, device, show_progress, say or (lambda message: None))
 
-    The driver supplies ``forward_backward(ids)`` (the loss of the global batch ``ids``,
-    back-propagated; returns the figures to log, ``loss`` first, or None for a batch too small to
-    split over the ranks), ``evaluate()`` (a validation report), ``better(report, best)`` and
-    ``describe(step, report)`` (the line shown at each evaluation).
+
+@dataclass
+class Objective:
+    """What a task kind trains its model for; :class:`FinetuneLoop` does the rest.
+
+    ``loss(mine, batch)``: the loss on this rank's share ``mine`` of the global batch ``batch``
+    (indices of training examples), weighted so that its gradient averaged over the ranks is the
+    batch's, and the figures to log (``loss`` first: the batch's, over every rank).
+    ``evaluate()``: a validation report; ``better(report, best)``: whether it beats the best so
+    far; ``describe(step, report)``: the line shown at each evaluation.
     """
 
-    config: object  # FinetuneConfig or GenerativeConfig
+    loss: Callable[[list[int], list[int]], tuple[torch.Tensor, dict]]
+    evaluate: Callable[[], dict]
+    better: Callable[[dict, dict], bool]
+    describe: Callable[[int, dict], str]
+
+
+@dataclass
+class FinetuneLoop:
+    """Epochs of optimiser steps, validation, model selection and checkpoints, for any task kind.
+
+    ``model`` holds its initial weights (the pre-trained ones, or the training state's on
+    resume); a :class:`~gpt1cli.train.loop.Trainer` places and wraps it and restores the
+    optimiser. ``logged`` adds the task kind's figures to the log's ``config`` record.
+    """
+
+    config: FinetuneSettings
     start: Start
     driver: str
-    task: str
-    task_info: dict
+    task_info: dict  # the checkpoint's ``task`` record; its ``name`` is the task
     world: World
     device: torch.device
-    model: torch.nn.Module  # the unwrapped module
-    wrapped: torch.nn.Module
-    optimizer: torch.optim.Optimizer
+    model: torch.nn.Module
     n_examples: int
-    log: MetricsLog
+    logged: dict
     rename: Callable[[dict], dict] = lambda state: state  # module state -> checkpoint layout
     show_progress: bool = True
 
     def __post_init__(self):
-        self.out = Path(self.config.out)
-        self.sharded = self.world.distributed and self.config.parallel == "fsdp"
+        config = self.config
+        self.out = Path(config.out)
+        self.task = self.task_info["name"]
         self.progress = self.start.progress
-        self.steps_per_epoch = math.ceil(self.n_examples / self.config.batch_size)
-        self.total = self.steps_per_epoch * self.config.epochs
-        self.warmup = int(self.total * self.config.warmup_fraction)
-        self.eval_every = self.config.eval_every or self.steps_per_epoch
-        self.names = {p: n for n, p in self.model.named_parameters()}
+        self.steps_per_epoch = math.ceil(self.n_examples / config.batch_size)
+        self.total = self.steps_per_epoch * config.epochs
+        self.warmup = int(self.total * config.warmup_fraction)
+        self.eval_every = config.eval_every or self.steps_per_epoch
         self.state_step: int | None = self.progress.step if self.start.resumed else None
+        self.log = MetricsLog(self.out / LOG if self.world.is_main else None)
+        self.trainer = Trainer(self.model, world=self.world, device=self.device, parallel=config.parallel, lr=config.lr,
+                               weight_decay=config.weight_decay, grad_clip=config.grad_clip, seed=config.seed,
+                               schedule=self._lr, log=self.log)
+        self.kernels = ops.describe_path(self.device)
+        if self.start.resumed:
+            self.log.write("resume", step=self.progress.step, kernels=self.kernels, device=str(self.device),
+                           world_size=self.world.world_size)
+        else:
+            self.log.write("config", config=settings_of(config), model=self.start.config.to_dict(), **self.logged,
+                           kernels=self.kernels)
         self._clock = time.perf_counter()
+        self._restore()
+
+    def _lr(self, step: int) -> float:
+        return warmup_linear(step, max_lr=self.config.lr, warmup=self.warmup, total=self.total)
 
     # --- resume
 
-    def restore(self) -> None:
-        """Load the training state's optimiser moments (the weights are loaded by the driver)."""
+    def _restore(self) -> None:
+        """Load the training state's optimiser moments (the weights are in the model already)."""
         state = self.start.state
         if state is None:
             return
         groups = state.trainer_meta.get("optimizer_groups")
         if not isinstance(groups, list):
             raise Gpt1Error(f"{state.path}: the training state lacks the optimiser's settings: it is corrupt")
-        if self.sharded:
-            optimizer_from_full_state(self.wrapped, self.optimizer, groups, state.trainer_tensors)
-        else:
-            restore_optimizer(self.optimizer, dict(self.model.named_parameters()), groups, state.trainer_tensors)
+        self.trainer.restore(groups, state.trainer_tensors)
 
     def _best_is_saved(self) -> bool:
         name = f"step_{self.progress.best_step:08d}"
@@ -330,17 +387,11 @@ class FinetuneLoop:
     # --- checkpoints
 
     def _gather(self) -> tuple[dict, dict, list]:
-        if self.sharded:
-            model_state, full_optim = full_state(self.wrapped, self.optimizer, self.config.parallel, self.world)
-            tensors, groups = optimizer_to_full_state(full_optim) if self.world.is_main else ({}, [])
-        else:
-            model_state = self.model.state_dict()
-            tensors, groups = optimizer_tensors(self.optimizer, self.names)
-        finite = all(bool(torch.isfinite(t).all()) for t in model_state.values() if t.is_floating_point())
-        if any_rank(not finite, self.world, self.device):
+        state = self.trainer.train_state()
+        if not state.finite:
             raise Gpt1Error(f"the weights are not finite at step {self.progress.step}; nothing was saved: lower --lr. "
                             f"{self._last_good()}")
-        return self.rename(model_state), tensors, groups
+        return self.rename(state.model), state.optimizer_tensors, state.optimizer_groups
 
     def _last_good(self) -> str:
         if self.progress.best_step is None:
@@ -376,11 +427,11 @@ class FinetuneLoop:
 
     # --- training
 
-    def run(self, forward_backward: Callable, evaluate: Callable[[], dict], better: Callable[[dict, dict], bool],
-            describe: Callable[[int, dict], str]) -> Progress:
+    def run(self, objective: Objective) -> dict:
+        """Train to the end (or to a stop on request) and return the run's summary."""
         progress, config = self.progress, self.config
         if progress.finished:
-            return progress
+            return self.summary()
         if progress.best_step is not None and not self._best_is_saved():
             if progress.best_step != progress.step:
                 raise Gpt1Error(f"{self.out / CHECKPOINTS} lacks the best checkpoint (step {progress.best_step}) its "
@@ -390,11 +441,9 @@ class FinetuneLoop:
                 self._save_best(weights)
             barrier(self.world)
         generator = torch.Generator().manual_seed(config.seed)
-        self.model.train()
-        self.wrapped.train()
-        with graceful_stop() as stop_request, \
-                progress_bar(f"fine-tuning {self.task}", self.total, enabled=self.show_progress, count=True) as bar:
-            bar.advance(progress.step)
+        self.trainer.train_mode()
+        with self.trainer.running(f"fine-tuning {self.task}", self.total, progress.step,
+                                  show_progress=self.show_progress) as bar:
             try:
                 for epoch in range(config.epochs):
                     order = torch.randperm(self.n_examples, generator=generator).tolist()
@@ -402,63 +451,50 @@ class FinetuneLoop:
                         if epoch * self.steps_per_epoch + index < progress.step:
                             continue  # done before the run was resumed
                         batch = order[index * config.batch_size : (index + 1) * config.batch_size]
-                        self._step(batch, forward_backward, bar)
+                        self._step(batch, objective, bar)
                         bar.advance(1)
                         saved = False
-                        if progress.step % self.eval_every == 0 or progress.step == self.total:
-                            self._evaluate(epoch, evaluate, better, describe, bar)
+                        if due(progress.step, self.eval_every, self.total):
+                            self._evaluate(epoch, objective, bar)
                             saved = True
-                        if any_rank(stop_request.requested, self.world, self.device) and not progress.finished:
+                        if self.trainer.stop_requested() and not progress.finished:
                             if not saved:
                                 self.save(best=False)
-                            self.log.write("stop", step=progress.step, signal=stop_request.signal)
-                            raise TrainingStopped(progress.step, str(self._state_path()))
+                            self.trainer.stopped(progress.step, str(self._state_path()))
             except KeyboardInterrupt:
                 raise Interrupted(self._left_behind()) from None
         if progress.last_step_bad:
             raise Gpt1Error(f"the last step ({progress.step}) had a non-finite loss or gradient and was skipped; "
                             f"{self._last_good()} Check the data or lower --lr")
-        return progress
+        return self.summary()
 
-    def _step(self, batch: list[int], forward_backward: Callable, bar) -> None:
-        progress, config = self.progress, self.config
-        step = progress.step
-        lr = warmup_linear(step, max_lr=config.lr, warmup=self.warmup, total=self.total)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        torch.manual_seed(step_seed(config.seed, self.world.rank, step))  # dropout masks: a function of the step
-        figures = forward_backward(batch)
-        if figures is None:
-            progress.step = step + 1
-            return  # a tail too small to give every rank an example: skipped on all ranks alike
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip))
-        if math.isfinite(figures["loss"]) and math.isfinite(grad_norm):
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            progress.step = step + 1
-            progress.bad_steps, progress.last_step_bad = 0, False
-            self.log.write("train", step=step + 1, **figures, lr=lr)
-            bar.update(status=f"loss {figures['loss']:.3f}")
-            return
-        self.optimizer.zero_grad(set_to_none=True)  # the weights stay those of the last finite step
-        progress.step = step + 1
-        progress.bad_steps += 1
-        progress.skipped_steps += 1
-        progress.last_step_bad = True
-        self.log.write("skip", step=step + 1, loss=figures["loss"], grad_norm=grad_norm)
-        bar.log(f"[yellow]step {step + 1}: non-finite loss or gradient, step skipped ({progress.bad_steps} in a row)")
-        if progress.bad_steps >= config.max_bad_steps:
-            raise Gpt1Error(f"{progress.bad_steps} non-finite steps in a row at step {step + 1}: lower --lr or check "
-                            f"the data. {self._last_good()}")
-
-    def _evaluate(self, epoch: int, evaluate, better, describe, bar) -> None:
+    def _step(self, batch: list[int], objective: Objective, bar) -> None:
         progress = self.progress
-        report = evaluate()
-        self.model.train()  # whatever evaluation did to the mode, training goes on with dropout
-        self.wrapped.train()
+        result = self.trainer.step(progress.step, lambda: self._forward_backward(batch, objective), progress, bar)
+        progress.step = result.done
+        if result.applied:
+            self.log.write("train", step=result.done, **result.figures, lr=result.lr)
+            bar.update(status=f"loss {result.figures['loss']:.3f}")
+        elif result.figures is not None and progress.bad_steps >= self.config.max_bad_steps:
+            raise Gpt1Error(f"{progress.bad_steps} non-finite steps in a row at step {result.done}: lower --lr or "
+                            f"check the data. {self._last_good()}")
+
+    def _forward_backward(self, batch: list[int], objective: Objective) -> dict | None:
+        # Each rank takes a strided share of the global batch (the last batch may be uneven).
+        share = [batch[i :: self.world.world_size] for i in range(self.world.world_size)]
+        if any(not part for part in share):
+            return None  # a tail too small to give every rank an example: skipped on all ranks alike
+        loss, figures = objective.loss(share[self.world.rank], batch)
+        loss.backward()
+        return figures
+
+    def _evaluate(self, epoch: int, objective: Objective, bar) -> None:
+        progress = self.progress
+        report = objective.evaluate()
+        self.trainer.train_mode()  # whatever evaluation did to the mode, training goes on with dropout
         self.log.write("eval", step=progress.step, epoch=epoch, **{k: v for k, v in report.items() if k != "confusion"})
-        bar.log(describe(progress.step, report))
-        improved = progress.best_report is None or better(report, progress.best_report)
+        bar.log(objective.describe(progress.step, report))
+        improved = progress.best_report is None or objective.better(report, progress.best_report)
         if improved:
             progress.best, progress.best_report, progress.best_step = report[self.config.metric], report, progress.step
         progress.finished = progress.step == self.total
@@ -473,18 +509,20 @@ class FinetuneLoop:
             return f"{now}; no checkpoint was written: run the command again to start over"
         return f"{now}; {self.out} continues from its training state of step {self.state_step} with --resume"
 
-    def summary(self, kernels: str) -> dict:
-        progress = self.progress
-        return {"task": self.task, "steps": progress.step, "best": progress.best, "metric": self.config.metric,
-                "val": progress.best_report, "best_step": progress.best_step, "skipped_steps": progress.skipped_steps,
-                "seconds": round(progress.seconds, 2), "kernels": kernels, "out": str(self.out),
-                "resumed": self.start.resumed}
+    def summary(self) -> dict:
+        return run_summary(self.progress, self.config, self.task, out=str(self.out), kernels=self.kernels,
+                           resumed=self.start.resumed)
 
 
-def finished_summary(start: Start, config, task: str) -> dict:
-    """What a finished run reports when asked to resume: its final figures, nothing run."""
-    progress = start.progress
+def run_summary(progress: Progress, config: FinetuneSettings, task: str, *, out: str, kernels: str | None,
+                resumed: bool) -> dict:
+    """What a fine-tuning run reports: its best validation figures, steps, skipped steps and time."""
     return {"task": task, "steps": progress.step, "best": progress.best, "metric": config.metric,
             "val": progress.best_report, "best_step": progress.best_step, "skipped_steps": progress.skipped_steps,
-            "seconds": round(progress.seconds, 2), "kernels": None, "out": str(config.out), "resumed": True,
+            "seconds": round(progress.seconds, 2), "kernels": kernels, "out": out, "resumed": resumed}
+
+
+def finished_summary(start: Start, config: FinetuneSettings, task: str) -> dict:
+    """What a finished run reports when asked to resume: its final figures, nothing run."""
+    return {**run_summary(start.progress, config, task, out=str(config.out), kernels=None, resumed=True),
             "already_finished": True}

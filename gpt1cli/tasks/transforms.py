@@ -4,6 +4,7 @@
 * entail:   ``[start; premise; delim; hypothesis; extract]``
 * similar:  ``[start; a; delim; b; extract]`` and ``[start; b; delim; a; extract]``
 * mcq:      ``[start; context; delim; choice_k; extract]`` for each choice k
+* generate: ``[start; prompt; delim]``, then the completion is generated (see :func:`task_prompt`)
 
 Truncation rule, when a sequence exceeds the context: the special tokens and the second
 segment (hypothesis, b, or the choice) are kept whole and the first segment (text, premise,
@@ -56,3 +57,11 @@ def transform(example: Example, task: str, encode, specials: Specials, n_ctx: in
         return [build(a, b, specials, n_ctx), build(b, a, specials, n_ctx)]
     context = encode(f["context"])
     return [build(context, encode(choice), specials, n_ctx) for choice in f["choices"]]
+
+
+def task_prompt(tokenizer, prompt_ids: list[int], n_ctx: int, max_new_tokens: int) -> list[int]:
+    """``[start; prompt; delim]``, the generate task's format. A long prompt loses tokens from its
+    left (as in fine-tuning) so that ``min(max_new_tokens, n_ctx // 2)`` tokens fit after it."""
+    room = n_ctx - 2 - min(max_new_tokens, n_ctx // 2)
+    prompt_ids = prompt_ids[len(prompt_ids) - room:] if len(prompt_ids) > room else prompt_ids
+    return [tokenizer.start_id, *prompt_ids, tokenizer.delim_id]

@@ -124,28 +124,10 @@ def barrier(world: World) -> None:
         dist.barrier()
 
 
-def full_state(model: nn.Module, optimizer: torch.optim.Optimizer, mode: str, world: World):
-    """Gather the full (unsharded) model and optimiser state, keyed by parameter name, on rank 0.
+def full_model_state(model: nn.Module, *, every_rank: bool = False) -> dict:
+    """Gather the full (unsharded) weights, keyed by parameter name: on rank 0 only, in CPU memory,
+    or with ``every_rank`` on every rank, on its device. Every rank must call it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    Every rank must call it; the other ranks receive empty dicts.
-    """
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=not every_rank))
 
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    model_state = get_model_state_dict(model, options=options)
-    optim_state = get_optimizer_state_dict(model, optimizer, options=options)
-    return model_state, optim_state
-
-
-def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict, optim_state: dict) -> None:
-    """Inverse of :func:`full_state`: scatter a full state into a (possibly sharded) model."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
-
-    options = StateDictOptions(full_state_dict=True)
-    set_model_state_dict(model, model_state, options=options)
-    set_optimizer_state_dict(model, optimizer, optim_state, options=options)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The underlying module of a DDP wrapper (FSDP2 wraps in place)."""
-    return model.module if hasattr(model, "module") else model

@@ -10,204 +10,30 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..checks import SEED, check_number
-from ..config import ARCHS, ATTENTION, MAX_SIZE, TRAIN_DEFAULTS, ModelConfig, count_parameters, preset
+from ..checkpoint import CHECKPOINTS, LATEST, META, Checkpoint, load_checkpoint, read_pointer, save_checkpoint
+from ..config import ModelConfig, count_parameters, preset
 from ..data.shards import MANIFEST, ShardDataset, WindowSampler
-from ..data.tokenizer import load_tokenizer
-from ..errors import Gpt1Error, Interrupted, TrainingStopped
+from ..errors import Gpt1Error, Interrupted
 from ..fileio import plain_name
 from ..locking import LOCK_NAME, exclusive_output
 from ..model import ops
 from ..model.gpt import GPT
-from ..progress import progress_bar
-from ..runtime import DEVICES, autocast, seed_everything, step_seed
-from .checkpoint import (
-    CHECKPOINTS,
-    LATEST,
-    META,
-    Checkpoint,
-    load_checkpoint,
-    optimizer_from_full_state,
-    optimizer_tensors,
-    optimizer_to_full_state,
-    read_pointer,
-    restore_optimizer,
-    save_checkpoint,
-)
-from .distributed import (
-    PARALLEL_MODES,
-    World,
-    all_reduce_mean,
-    any_rank,
-    barrier,
-    distributed_session,
-    full_state,
-    gradient_sync,
-    wrap_model,
-)
-from .evaluate import evaluate_lm
+from ..runtime import autocast, seed_everything
+from ..settings import saved
+from ..tokenizer import load_tokenizer
+from .distributed import World, all_reduce_mean, any_rank, barrier, distributed_session, gradient_sync
+from .lm_eval import evaluate_lm
+from .loop import SkippedSteps, Trainer, due
 from .memory import available_memory, estimate_memory, flops_per_token, human_bytes, processes_per_machine
-from .metrics import MetricsLog, read_records
-from .optim import make_optimizer, warmup_cosine
-from .signals import graceful_stop
+from .metrics_log import MetricsLog, read_records
+from .optim import warmup_cosine
+from .pretrain_config import RUN_DEFAULTS, PretrainConfig, continued
 
-# Settings a resumed run may change; everything else must stay as saved for an exact resume.
-RESUMABLE_CHANGES = ("steps", "stop_after", "parallel", "dist_timeout", "eval_every", "ckpt_every", "keep", "log_every",
-                     "eval_tokens", "max_bad_steps")
-# Given anew on every invocation, resumed or not (where the data and the run are, and what runs it).
-PER_INVOCATION = ("shards", "out", "resume", "device")
-# Defaults of the run-management settings; None in a config means "the default" (or, on resume, "as saved").
-RUN_DEFAULTS = dict(eval_every=100, eval_tokens=65_536, ckpt_every=500, keep=3, log_every=10, max_bad_steps=10,
-                    parallel="ddp", dist_timeout=600.0)
 METRICS = "metrics.jsonl"
-
-MAX_COUNT = 2**62  # steps, batch sizes, token counts: beyond any real run, within every integer type used
-YEAR_S = 365 * 24 * 3600
-
-# The one table of numeric settings: (int or float, check_number bounds, what the number must be).
-# The CLI applies it at parse time, PretrainConfig to every config (from Python or a resumed run).
-SETTING_RULES: dict[str, tuple[type, dict, str]] = {
-    "n_ctx": (int, dict(minimum=1, maximum=MAX_SIZE), "positive"),
-    "window": (int, dict(minimum=1, maximum=MAX_SIZE), "positive"),
-    "steps": (int, dict(minimum=1, maximum=MAX_COUNT), "positive"),
-    "batch_size": (int, dict(minimum=1, maximum=MAX_COUNT), "positive"),
-    "grad_accum": (int, dict(minimum=1, maximum=MAX_COUNT), "positive"),
-    "warmup": (int, dict(minimum=0, maximum=MAX_COUNT), ">= 0"),
-    "eval_every": (int, dict(minimum=1, maximum=MAX_COUNT), "positive"),
-    "eval_tokens": (int, dict(minimum=1, maximum=MAX_COUNT), "positive"),
-    "ckpt_every": (int, dict(minimum=1, maximum=MAX_COUNT), "positive"),
-    "keep": (int, dict(minimum=1, maximum=MAX_COUNT), "at least 1"),
-    "log_every": (int, dict(minimum=1, maximum=MAX_COUNT), "positive"),
-    "max_bad_steps": (int, dict(minimum=1, maximum=MAX_COUNT), "positive"),
-    "stop_after": (int, dict(minimum=1, maximum=MAX_COUNT), "positive"),
-    "lr": (float, dict(above=0), "positive and finite"),
-    "weight_decay": (float, dict(minimum=0), ">= 0 and finite"),
-    # 0 would zero every update and a negative norm reverses the gradient: neither means "off".
-    "grad_clip": (float, dict(above=0), "positive and finite"),
-    "dropout": (float, dict(minimum=0, below=1), "in [0, 1)"),
-    "seed": (int, dict(SEED), "in [0, 2^63 - 1]"),
-    "dist_timeout": (float, dict(above=0, maximum=YEAR_S), "positive and finite"),
-}
-# Settings that may be None (the preset's or the run's default); all others must be given.
-OPTIONAL = ("n_ctx", "window", "steps", "batch_size", "lr", "warmup", "eval_every", "eval_tokens", "ckpt_every", "keep",
-            "log_every", "max_bad_steps", "stop_after", "parallel", "dist_timeout")
-
-
-def flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def check_setting(name: str, value):
-    """``value`` if it is a valid value of numeric setting ``name``; else one clear :class:`Gpt1Error`."""
-    kind, bounds, wording = SETTING_RULES[name]
-    if value is None:
-        if name in OPTIONAL:
-            return None
-        raise Gpt1Error(f"{flag(name)} must be given")
-    number_types = (int,) if kind is int else (int, float)
-    if isinstance(value, bool) or not isinstance(value, number_types):
-        raise Gpt1Error(f"{flag(name)} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
-    maximum = bounds.get("maximum")
-    if maximum is not None and not (isinstance(value, float) and not math.isfinite(value)) and value > maximum:
-        raise Gpt1Error(f"{flag(name)} must be at most {maximum}, got {value!r}")
-    try:
-        check_number(value, flag(name), **bounds)
-    except Gpt1Error:
-        raise Gpt1Error(f"{flag(name)} must be {wording}, got {value!r}") from None
-    return value
-
-
-def _check_choice(name: str, value, choices, what: str) -> None:
-    if value not in choices:
-        raise Gpt1Error(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
-
-
-@dataclass
-class PretrainConfig:
-    """Everything a pre-training run depends on (None: the preset's default)."""
-
-    shards: str
-    out: str
-    preset: str = "tiny"
-    arch: str = "gpt1"
-    n_ctx: int | None = None
-    attention: str = "dense"
-    window: int | None = None
-    steps: int | None = None
-    batch_size: int | None = None
-    grad_accum: int = 1
-    lr: float | None = None
-    warmup: int | None = None
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    dropout: float = 0.1
-    seed: int = 0
-    eval_every: int | None = None  # default 100
-    eval_tokens: int | None = None  # default 65_536
-    ckpt_every: int | None = None  # default 500
-    keep: int | None = None  # default 3
-    log_every: int | None = None  # default 10
-    max_bad_steps: int | None = None  # default 10
-    device: str = "auto"
-    compile: bool = False
-    parallel: str | None = None  # default "ddp"
-    dist_timeout: float | None = None  # default 600 s
-    resume: bool = False
-    stop_after: int | None = None  # end this invocation after that step (checkpointed), schedule unchanged
-
-    def check(self) -> "PretrainConfig":
-        """Check every setting's type and range (the one place, for the CLI, Python callers and resumed runs)."""
-        for name in ("shards", "out"):
-            if not isinstance(getattr(self, name), (str, os.PathLike)):
-                raise Gpt1Error(f"{flag(name)} must be a path, got {getattr(self, name)!r}")
-        _check_choice("preset", self.preset, tuple(TRAIN_DEFAULTS), "preset")
-        _check_choice("arch", self.arch, ARCHS, "architecture")
-        _check_choice("attention", self.attention, ATTENTION, "attention")
-        if self.device not in DEVICES:
-            raise Gpt1Error(f"--device must be one of {', '.join(DEVICES)}, not {self.device!r}")
-        if self.parallel is not None and self.parallel not in PARALLEL_MODES:
-            raise Gpt1Error(f"--parallel must be ddp or fsdp, not {self.parallel!r}")
-        for name in ("compile", "resume"):
-            if not isinstance(getattr(self, name), bool):
-                raise Gpt1Error(f"{flag(name)} must be true or false, got {getattr(self, name)!r}")
-        for name in SETTING_RULES:
-            check_setting(name, getattr(self, name))
-        return self
-
-    def resolved(self) -> "PretrainConfig":
-        """Fill preset defaults and check ranges."""
-        self.check()
-        defaults = TRAIN_DEFAULTS[self.preset]
-        cfg = dataclasses.replace(
-            self,
-            **{k: v for k, v in RUN_DEFAULTS.items() if getattr(self, k) is None},
-            shards=os.fspath(self.shards),
-            out=os.fspath(self.out),
-            steps=self.steps if self.steps is not None else defaults["steps"],
-            batch_size=self.batch_size if self.batch_size is not None else defaults["batch_size"],
-            lr=self.lr if self.lr is not None else defaults["lr"],
-        )
-        if cfg.warmup is None:
-            cfg.warmup = min(2000, max(1, cfg.steps // 10))
-        cfg.check()
-        if cfg.batch_size % cfg.grad_accum:
-            raise Gpt1Error(f"--batch-size {cfg.batch_size} must be divisible by --grad-accum {cfg.grad_accum}")
-        return cfg
-
-    def explicit(self) -> set[str]:
-        """Settings that differ from the dataclass defaults (what a Python caller chose)."""
-        return {f.name for f in dataclasses.fields(self)
-                if f.default is not dataclasses.MISSING and getattr(self, f.name) != f.default}
-
-
-def _named(model: torch.nn.Module) -> tuple[dict, dict]:
-    params = dict(model.named_parameters())
-    return params, {p: n for n, p in params.items()}
 
 
 def last_checkpoint_step(out: str | Path) -> int | None:
@@ -340,44 +166,6 @@ def _shard_tokenizer(data: ShardDataset) -> tuple[Path, bytes]:
     return path, content
 
 
-def _continued_config(config: PretrainConfig, saved: dict, source: Path, model: dict, given: set[str]) -> PretrainConfig:
-    """The saved settings ``saved`` of a run (from ``source``), with what may change on resume taken from ``config``.
-
-    A setting the caller chose that the run cannot honour (it would not continue the same run)
-    is an error naming it, never silently ignored. ``model`` is the run's model settings (for
-    the context and window a preset left unset).
-    """
-    known = {f.name for f in dataclasses.fields(PretrainConfig)}
-    unknown = sorted(set(saved) - known)
-    if unknown:
-        raise Gpt1Error(f"{source} records unknown settings {unknown}: the run is from a newer or other tool")
-    try:
-        saved_config = PretrainConfig(**{**saved, "stop_after": None})
-    except TypeError as exc:
-        raise Gpt1Error(f"{source} lacks run settings ({exc}): it is corrupt") from None
-    conflicts = []
-    for name in sorted(given - set(RESUMABLE_CHANGES) - set(PER_INVOCATION)):
-        value, before = getattr(config, name), getattr(saved_config, name)
-        if before is None and name in ("n_ctx", "window"):
-            before = model.get(name)
-        if value != before:
-            shown = "on" if value is True else "off" if value is False else value
-            had = "on" if before is True else "off" if before is False else before
-            conflicts.append(f"{flag(name)} {shown} (the run has {had})")
-    if conflicts:
-        may = ", ".join(flag(n) for n in (*RESUMABLE_CHANGES, "device"))
-        raise Gpt1Error(f"--resume continues the run in {config.out} with its own settings and cannot honour "
-                        f"{'; '.join(conflicts)}: leave {'it' if len(conflicts) == 1 else 'them'} out, or start a new "
-                        f"run in another --out (on resume only {may} may change)")
-    changes = {k: getattr(config, k) for k in RESUMABLE_CHANGES if getattr(config, k) is not None}
-    merged = dataclasses.replace(saved_config, **changes, shards=config.shards, out=config.out, resume=True,
-                                 device=config.device)
-    try:
-        return merged.resolved()
-    except Gpt1Error as exc:
-        raise Gpt1Error(f"{source}: {exc}") from None
-
-
 def _recorded_start(out: Path) -> tuple[dict, dict] | None:
     """Settings and model settings of the last start recorded in ``RUN/metrics.jsonl`` (None without one)."""
     for record in reversed(read_records(out / METRICS)):
@@ -445,15 +233,15 @@ def _run(config: PretrainConfig, out: Path, world: World, device: torch.device, 
     if config.resume:
         if has_checkpoints:
             resume_from = load_checkpoint(out, with_trainer=True)
-            config = _continued_config(config, resume_from.trainer_meta["config"], resume_from.path / "trainer.json",
-                                       resume_from.config.to_dict(), given)
+            config = continued(config, resume_from.trainer_meta["config"], resume_from.path / "trainer.json",
+                               resume_from.config.to_dict(), given)
         elif (out / METRICS).is_file():
             # Killed before its first checkpoint (a requeued job runs the same command with --resume):
             # start again, with the settings that start recorded.
             recorded = _recorded_start(out)
             if recorded is not None:
                 config = dataclasses.replace(
-                    _continued_config(config, recorded[0], out / METRICS, recorded[1], given), resume=False)
+                    continued(config, recorded[0], out / METRICS, recorded[1], given), resume=False)
             else:
                 config = dataclasses.replace(config, resume=False).resolved()
             if world.is_main:
@@ -489,7 +277,7 @@ def _run(config: PretrainConfig, out: Path, world: World, device: torch.device, 
     micro_batch = config.batch_size // (config.grad_accum * world.world_size)
     plan = _memory_plan(model_config, config, world, device, micro_batch)
     if dry_run:
-        return {"dry_run": True, "config": dataclasses.asdict(config), "model": model_config.to_dict(),
+        return {"dry_run": True, "config": saved(config), "model": model_config.to_dict(),
                 "parameters": plan["estimate"].parameters, "flops_per_token": flops_per_token(model_config),
                 "tokens_per_step": config.batch_size * model_config.n_ctx, "micro_batch": micro_batch,
                 "memory": plan, "start_step": start_step, "end_step": end_step, "world_size": world.world_size,
@@ -500,30 +288,23 @@ def _run(config: PretrainConfig, out: Path, world: World, device: torch.device, 
     model = GPT(model_config)
     if resume_from is not None:
         model.load_state_dict(resume_from.state_dict)  # before sharding: every rank holds the full weights
-    model = model.to(device)
-    sharded = world.distributed and config.parallel == "fsdp"
-    wrapped = wrap_model(model, config.parallel, world, device)
-    optimizer = make_optimizer(model, config.lr, config.weight_decay)
-    params, names = _named(model)
+    log = MetricsLog(out / METRICS if world.is_main else None)
+    trainer = Trainer(model, world=world, device=device, parallel=config.parallel, lr=config.lr,
+                      weight_decay=config.weight_decay, grad_clip=config.grad_clip, seed=config.seed, log=log,
+                      schedule=lambda step: warmup_cosine(step, max_lr=config.lr, warmup=config.warmup, total=config.steps))
     best_val = math.inf
     if resume_from is not None:
-        trainer = resume_from.trainer_meta
-        if sharded:
-            optimizer_from_full_state(wrapped, optimizer, trainer["optimizer_groups"], resume_from.trainer_tensors)
-        else:
-            restore_optimizer(optimizer, params, trainer["optimizer_groups"], resume_from.trainer_tensors)
-        best_val = float(trainer.get("best_val", math.inf))
+        trainer.restore(resume_from.trainer_meta["optimizer_groups"], resume_from.trainer_tensors)
+        best_val = float(resume_from.trainer_meta.get("best_val", math.inf))
         resume_from.state_dict, resume_from.trainer_tensors = {}, {}  # copied into the model and optimiser
-    step_model = torch.compile(wrapped) if config.compile else wrapped
-    eval_model = wrapped if sharded else model
+    step_model = torch.compile(trainer.wrapped) if config.compile else trainer.wrapped
 
-    log = MetricsLog(out / METRICS if world.is_main else None)
     show_progress = show_progress and world.is_main
     tokens_per_step = config.batch_size * model_config.n_ctx
     kernels = ops.describe_path(device)
-    parameters = count_parameters(model_config) if sharded else model.num_parameters()
+    parameters = count_parameters(model_config) if trainer.sharded else model.num_parameters()
     if resume_from is None:
-        log.write("config", config=dataclasses.asdict(config), model=model_config.to_dict(), parameters=parameters,
+        log.write("config", config=saved(config), model=model_config.to_dict(), parameters=parameters,
                   kernels=kernels, device=str(device), world_size=world.world_size)
     else:
         log.write("resume", step=start_step, kernels=kernels, device=str(device), world_size=world.world_size)
@@ -533,21 +314,29 @@ def _run(config: PretrainConfig, out: Path, world: World, device: torch.device, 
     last_good = start_step
     last_val = None
 
+    def forward_backward(step: int) -> dict:
+        """The mean loss of step ``step``'s global batch, back-propagated in ``grad_accum`` micro-steps."""
+        # One global batch per step from (seed, step); micro-step m of rank r takes slice m * world + r.
+        starts = sampler.starts(step, config.batch_size)
+        step_loss = 0.0
+        for micro in range(config.grad_accum):
+            part = (micro * world.world_size + world.rank) * micro_batch
+            rows = torch.from_numpy(sampler.windows(starts[part : part + micro_batch])).to(device, non_blocking=True)
+            with gradient_sync(trainer.wrapped, micro == config.grad_accum - 1):
+                with autocast(device):
+                    loss = step_model(rows[:, :-1], targets=rows[:, 1:]) / config.grad_accum
+                loss.backward()
+            step_loss += float(loss.detach())
+        return {"loss": all_reduce_mean(step_loss, world, device)}
+
     def checkpoint(step: int, val: dict | None) -> None:
         nonlocal best_val, last_saved
-        # Every rank takes part in gathering a sharded state; rank 0 alone writes.
-        if sharded:
-            model_state, full_optim = full_state(wrapped, optimizer, config.parallel, world)
-            tensors, groups = optimizer_to_full_state(full_optim) if world.is_main else ({}, [])
-        else:
-            model_state = model.state_dict()
-            tensors, groups = optimizer_tensors(optimizer, names)
-        # `latest` must never name weights that are not finite: check before anything is written.
-        broken = [n for n, t in model_state.items() if not bool(torch.isfinite(t).all())] if world.is_main else []
-        if any_rank(bool(broken), world, device):
+        state = trainer.train_state()  # every rank takes part in gathering a sharded state; rank 0 alone writes
+        # `latest` must never name weights that are not finite: checked before anything is written.
+        if not state.finite:
             where = (f"the last finite checkpoint is step {last_saved} in {out / CHECKPOINTS}" if last_saved
                      else "no checkpoint was written")
-            raise Gpt1Error(f"the weights are not finite after step {step} ({broken[0] if broken else 'on rank 0'}): "
+            raise Gpt1Error(f"the weights are not finite after step {step} ({state.not_finite or 'on rank 0'}): "
                             f"not saved; {where}; lower --lr")
         # The best checkpoint (by the validation loss it was written with) survives pruning.
         is_best = val is not None and val["loss"] < best_val
@@ -555,12 +344,13 @@ def _run(config: PretrainConfig, out: Path, world: World, device: torch.device, 
             best_val = val["loss"]
         if world.is_main:
             save_checkpoint(
-                out, step, model_state=model_state, config=model_config, tokenizer_path=tokenizer_path,
+                out, step, model_state=state.model, config=model_config, tokenizer_path=tokenizer_path,
                 tokenizer_bytes=tokenizer_bytes,
                 meta={"kind": "pretrain", "task": None, "metrics": {"val": val} if val else {}},
-                trainer_tensors=tensors,
-                trainer_meta={"step": step, "config": dataclasses.asdict(config), "optimizer_groups": groups,
-                              "best_val": best_val, "world_size": world.world_size},
+                trainer_tensors=state.optimizer_tensors,
+                trainer_meta={"step": step, "config": saved(config),
+                              "optimizer_groups": state.optimizer_groups, "best_val": best_val,
+                              "world_size": world.world_size},
                 keep=config.keep, best=is_best,
             )
         barrier(world)
@@ -576,76 +366,50 @@ def _run(config: PretrainConfig, out: Path, world: World, device: torch.device, 
             return f"the last good checkpoint is step {last_saved} in {out / CHECKPOINTS}"
         return "no checkpoint was written"
 
-    model.train()
-    bad_steps, loss_value = 0, float("nan")
+    trainer.train_mode()
+    skipped, loss_value = SkippedSteps(), float("nan")
     window_tokens, window_start = 0, time.perf_counter()
     summary = {"start_step": start_step}
-    with graceful_stop() as stop_request, progress_bar("pretraining", config.steps, enabled=show_progress, count=True) as bar:
-        bar.advance(start_step)
+    with trainer.running("pretraining", config.steps, start_step, show_progress=show_progress) as bar:
         for step in range(start_step, end_step):
-            lr = warmup_cosine(step, max_lr=config.lr, warmup=config.warmup, total=config.steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            # One global batch per step from (seed, step); micro-step m of rank r takes slice m * world + r.
-            starts = sampler.starts(step, config.batch_size)
-            # Dropout masks too are a function of (seed, rank, step), so resumption is exact.
-            torch.manual_seed(step_seed(config.seed, world.rank, step))
-            step_loss = 0.0
-            for micro in range(config.grad_accum):
-                part = (micro * world.world_size + world.rank) * micro_batch
-                rows = torch.from_numpy(sampler.windows(starts[part : part + micro_batch])).to(device, non_blocking=True)
-                with gradient_sync(wrapped, micro == config.grad_accum - 1):
-                    with autocast(device):
-                        loss = step_model(rows[:, :-1], targets=rows[:, 1:]) / config.grad_accum
-                    loss.backward()
-                step_loss += float(loss.detach())
-            step_loss = all_reduce_mean(step_loss, world, device)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            done = step + 1
-            finite = math.isfinite(step_loss) and math.isfinite(float(grad_norm))
-            if finite:
-                bad_steps = 0
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                loss_value, last_good = step_loss, done
+            result = trainer.step(step, lambda: forward_backward(step), skipped, bar)
+            done = result.done
+            if result.applied:
+                loss_value, last_good = result.figures["loss"], done
                 window_tokens += tokens_per_step
-                if done % config.log_every == 0 or done == config.steps:
+                if due(done, config.log_every, config.steps):
                     elapsed = time.perf_counter() - window_start
                     tok_s = window_tokens / elapsed if elapsed > 0 else float("nan")
-                    log.write("train", step=done, loss=loss_value, lr=lr, grad_norm=float(grad_norm), tokens_per_s=tok_s)
+                    log.write("train", step=done, loss=loss_value, lr=result.lr, grad_norm=result.grad_norm,
+                              tokens_per_s=tok_s)
                     bar.update(status=f"loss {loss_value:.3f}  {tok_s:,.0f} tok/s")
                     summary["tokens_per_s"] = tok_s
                     window_tokens, window_start = 0, time.perf_counter()
-                if done % config.eval_every == 0 or done == config.steps:
-                    last_val = evaluate_lm(eval_model, data.val, device=device, max_tokens=config.eval_tokens)
+                if due(done, config.eval_every, config.steps):
+                    last_val = evaluate_lm(trainer.eval_model, data.val, device=device, max_tokens=config.eval_tokens)
                     log.write("eval", step=done, **{f"val_{k}": v for k, v in last_val.items()})
                     bar.log(f"step {done}: val loss {last_val['loss']:.4f}  ppl {last_val['ppl']:.2f}  bpb {last_val['bpb']:.4f}")
                     window_start = time.perf_counter()
-            else:
-                bad_steps += 1
-                optimizer.zero_grad(set_to_none=True)
-                log.write("skip", step=done, loss=step_loss, grad_norm=float(grad_norm))
-                bar.log(f"[yellow]step {done}: non-finite loss or gradient, step skipped ({bad_steps} in a row)")
-            stop = any_rank(stop_request.requested, world, device)
-            if done % config.ckpt_every == 0 or done == end_step or stop:
-                if finite:
+            stop = trainer.stop_requested()
+            if due(done, config.ckpt_every, end_step) or stop:
+                if result.applied:
                     checkpoint(done, last_val)
                 else:
                     save_last_good()
                 window_start = time.perf_counter()
-            if not finite and bad_steps >= config.max_bad_steps:
+            if skipped.bad_steps >= config.max_bad_steps:
                 save_last_good()
-                raise Gpt1Error(f"{bad_steps} non-finite steps in a row at step {done}: lower --lr; {where_to_continue()}")
+                raise Gpt1Error(f"{skipped.bad_steps} non-finite steps in a row at step {done}: lower --lr; "
+                                f"{where_to_continue()}")
             bar.advance(1)
             if stop:
                 if not last_saved:
                     raise Gpt1Error(f"stopped on request at step {done} before any step could be applied: "
                                     "no checkpoint written")
-                log.write("stop", step=last_saved, signal=stop_request.signal)
-                raise TrainingStopped(last_saved, str(out / CHECKPOINTS / f"step_{last_saved:08d}"))
+                trainer.stopped(last_saved, str(out / CHECKPOINTS / f"step_{last_saved:08d}"))
     if last_good < end_step:
         raise Gpt1Error(f"step {end_step}, the last of this run, had a non-finite loss or gradient and was skipped "
-                        f"({bad_steps} in a row): {where_to_continue()}; lower --lr or check the data")
+                        f"({skipped.bad_steps} in a row): {where_to_continue()}; lower --lr or check the data")
     summary.update(steps=config.steps, stopped_at=end_step, loss=loss_value, val=last_val, parameters=parameters,
                    kernels=kernels, out=str(out), world_size=world.world_size)
     return summary

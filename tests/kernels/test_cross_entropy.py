@@ -14,7 +14,8 @@ import torch
 import gpt1_kernels.cross_entropy as ce_module
 from gpt1_kernels.cross_entropy import cross_entropy, default_chunk_size, linear_cross_entropy
 from gpt1_kernels.reference import cross_entropy_reference, linear_cross_entropy_reference
-from tolerances import KERNEL_DEVICE, tolerance
+from kernel_checks import assert_bit_identical_runs, assert_compiled_matches_eager
+from tolerances import KERNEL_DEVICE, assert_close_scaled
 
 IGNORE = -100
 DEVICE = KERNEL_DEVICE
@@ -22,13 +23,7 @@ DEVICE = KERNEL_DEVICE
 
 def assert_close(actual, expected, dtype, what=""):
     """rtol, and atol as a fraction of the largest expected magnitude."""
-    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
-    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
-    rtol, atol = tolerance("cross_entropy", dtype, actual.device)
-    scale = expected.detach().abs().max().item() if expected.numel() else 0.0
-    torch.testing.assert_close(
-        actual, expected, rtol=rtol, atol=atol * scale + 1e-12, msg=lambda m: f"{what}: {m}"
-    )
+    assert_close_scaled(actual, expected, "cross_entropy", dtype, what, atol_floor=1e-12)
 
 
 def gen(seed):
@@ -142,8 +137,7 @@ def test_ce_batched_and_strided():
 def test_ce_backward_is_deterministic():
     logits = make_logits((11, 140), torch.float32)
     targets = make_targets(11, 140, ignored=(4,))
-    grads = [torch.autograd.grad(cross_entropy(logits, targets), logits)[0] for _ in range(2)]
-    assert torch.equal(grads[0], grads[1])
+    assert_bit_identical_runs(lambda: torch.autograd.grad(cross_entropy(logits, targets), logits))
 
 
 def _ce_compiled_matches_eager(device, backend):
@@ -153,13 +147,8 @@ def _ce_compiled_matches_eager(device, backend):
     def head(logits, targets):
         return cross_entropy(logits * 1.5, targets) + 0.5 * cross_entropy(logits, targets, reduction="none").max()
 
-    compiled = torch.compile(head, fullgraph=True, backend=backend)
-    loss = compiled(logits, targets)
-    (grad,) = torch.autograd.grad(loss, logits)
-    ref = head(logits, targets)
-    (ref_grad,) = torch.autograd.grad(ref, logits)
-    torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(grad, ref_grad, rtol=1e-6, atol=1e-7)
+    assert_compiled_matches_eager(head, (logits, targets), (logits,), backend, loss_tol=(1e-6, 1e-6),
+                                  grad_tol=(1e-6, 1e-7))
 
 
 def test_ce_torch_compile_fullgraph():
@@ -279,12 +268,9 @@ def test_lce_autocast_matches_reference():
 def test_lce_backward_is_deterministic():
     hidden, weight = make_head(11, 16, 100, torch.float32)
     targets = make_targets(11, 100, ignored=(3,))
-    runs = [
-        torch.autograd.grad(linear_cross_entropy(hidden, weight, targets, chunk_size=4), (hidden, weight))
-        for _ in range(2)
-    ]
-    for first, second in zip(*runs):
-        assert torch.equal(first, second)
+    assert_bit_identical_runs(
+        lambda: torch.autograd.grad(linear_cross_entropy(hidden, weight, targets, chunk_size=4), (hidden, weight))
+    )
 
 
 def _lce_compiled_matches_eager(device, backend, n=14, dim=16, vocab=100, chunk_size=5):
@@ -295,14 +281,8 @@ def _lce_compiled_matches_eager(device, backend, n=14, dim=16, vocab=100, chunk_
         h = torch.tanh(hidden).view(2, n // 2, dim)
         return linear_cross_entropy(h, weight, targets, chunk_size=chunk_size) * 2.0
 
-    compiled = torch.compile(lm_loss, fullgraph=True, backend=backend)
-    loss = compiled(hidden, weight, targets)
-    grads = torch.autograd.grad(loss, (hidden, weight))
-    ref = lm_loss(hidden, weight, targets)
-    ref_grads = torch.autograd.grad(ref, (hidden, weight))
-    torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-6)
-    for g, e in zip(grads, ref_grads):
-        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
+    assert_compiled_matches_eager(lm_loss, (hidden, weight, targets), (hidden, weight), backend,
+                                  loss_tol=(1e-6, 1e-6), grad_tol=(1e-5, 1e-6))
 
 
 def test_lce_torch_compile_fullgraph():
@@ -473,9 +453,9 @@ def test_gpu_lce_peak_memory_well_under_eager(vocab):
 def test_gpu_lce_backward_is_deterministic():
     hidden, weight = make_head(4096, 768, 50257, torch.bfloat16, device="cuda")
     targets = make_targets(4096, 50257, device="cuda")
-    runs = [torch.autograd.grad(linear_cross_entropy(hidden, weight, targets), (hidden, weight)) for _ in range(2)]
-    for first, second in zip(*runs):
-        assert torch.equal(first, second)
+    assert_bit_identical_runs(
+        lambda: torch.autograd.grad(linear_cross_entropy(hidden, weight, targets), (hidden, weight))
+    )
 
 
 @pytest.mark.gpu

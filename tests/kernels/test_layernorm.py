@@ -13,18 +13,15 @@ import torch.nn.functional as F
 
 from gpt1_kernels.layernorm import MAX_FEATURES, add_layer_norm
 from gpt1_kernels.reference import add_layer_norm_reference
-from tolerances import KERNEL_DEVICE, sized, tolerance
+from kernel_checks import assert_bit_identical_runs, assert_compiled_matches_eager
+from tolerances import KERNEL_DEVICE, assert_close_scaled, sized
 
 DEVICE = KERNEL_DEVICE
 
 
 def assert_close(actual, expected, dtype, what=""):
     """rtol, and atol as a fraction of the largest expected magnitude floored at 1 (LayerNorm values are O(1))."""
-    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
-    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
-    rtol, atol = tolerance("layernorm", dtype, actual.device)
-    scale = expected.detach().abs().max().item() if expected.numel() else 1.0
-    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol * max(scale, 1.0), msg=lambda m: f"{what}: {m}")
+    assert_close_scaled(actual, expected, "layernorm", dtype, what, scale_floor=1.0)
 
 
 def make_inputs(shape, dtype, *, residual=True, bias=True, param_dtype=None, offset=0.0, scale=1.0, seed=0,
@@ -178,12 +175,7 @@ def test_empty_input():
 def test_backward_is_deterministic():
     x, r, w, b = make_inputs((37, 130), torch.float32)
     upstream = torch.randn(37, 130, generator=torch.Generator().manual_seed(9)).to(DEVICE)
-    runs = []
-    for _ in range(2):
-        out = add_layer_norm(x, r, w, b)
-        runs.append(torch.autograd.grad(out, (x, r, w, b), upstream))
-    for first, second in zip(*runs):
-        assert torch.equal(first, second)
+    assert_bit_identical_runs(lambda: torch.autograd.grad(add_layer_norm(x, r, w, b), (x, r, w, b), upstream))
 
 
 def test_autocast_matches_reference():
@@ -211,14 +203,8 @@ def _compiled_matches_eager(device, backend):
         out, summed = add_layer_norm(x * 2.0, r, w, b, return_sum=True)
         return (out * summed).sum() + out.square().mean()
 
-    compiled = torch.compile(block, fullgraph=True, backend=backend)
-    loss = compiled(x, r, w, b)
-    grads = torch.autograd.grad(loss, (x, r, w, b))
-    ref_loss = block(x, r, w, b)
-    ref_grads = torch.autograd.grad(ref_loss, (x, r, w, b))
-    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
-    for g, e in zip(grads, ref_grads):
-        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+    assert_compiled_matches_eager(block, (x, r, w, b), (x, r, w, b), backend, loss_tol=(1e-5, 1e-5),
+                                  grad_tol=(1e-5, 1e-5))
 
 
 def test_torch_compile_fullgraph():
@@ -256,12 +242,7 @@ def test_gpu_matches_reference(dtype, rows, n_cols):
 def test_gpu_backward_is_deterministic():
     x, r, w, b = make_inputs((8192, 768), torch.bfloat16, param_dtype=torch.float32, device="cuda")
     upstream = torch.randn(8192, 768, device="cuda", dtype=torch.bfloat16)
-    runs = []
-    for _ in range(2):
-        out = add_layer_norm(x, r, w, b)
-        runs.append(torch.autograd.grad(out, (x, r, w, b), upstream))
-    for first, second in zip(*runs):
-        assert torch.equal(first, second)
+    assert_bit_identical_runs(lambda: torch.autograd.grad(add_layer_norm(x, r, w, b), (x, r, w, b), upstream))
 
 
 @pytest.mark.gpu

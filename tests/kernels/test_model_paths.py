@@ -117,3 +117,29 @@ def test_triton_path_on_cuda_matches_torch_in_bf16(arch, monkeypatch):
     for name, grad in torch_grads.items():
         cosine = torch.nn.functional.cosine_similarity(grad.flatten(), triton_grads[name].flatten(), dim=0)
         assert cosine > 0.99, name
+
+
+def test_triton_path_compiles_as_one_graph(monkeypatch):
+    """Under torch.compile(fullgraph=True) the ops reach the kernels' custom ops with no graph
+    break (each break would split the model around every kernel), and match eager."""
+    monkeypatch.setenv("GPT1_KERNELS", "triton")
+    ops.reset_kernel_path()
+    ops.kernel_path()  # resolved (and logged) before tracing, as training does
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(**CONFIG, arch="gpt2", dropout=0.0, attn_dropout=0.0)).to(KERNEL_DEVICE)
+    batch = torch.randint(0, CONFIG["vocab_size"], (2, CONFIG["n_ctx"] + 1), generator=torch.Generator().manual_seed(1))
+    batch = batch.to(KERNEL_DEVICE)
+
+    def loss_of(idx, targets):
+        return model(idx, targets=targets)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(loss_of, fullgraph=True, backend="aot_eager")
+    loss = compiled(batch[:, :-1], batch[:, 1:])
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    ref = loss_of(batch[:, :-1], batch[:, 1:])
+    ref_grads = torch.autograd.grad(ref, list(model.parameters()))
+    torch._dynamo.reset()
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
+    for g, e in zip(grads, ref_grads):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)

@@ -47,6 +47,18 @@ def tolerance(family: str, dtype: torch.dtype, device: torch.device | str = KERN
     return TOLERANCES[family][torch.device(device).type][dtype]
 
 
+def assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor, family: str, dtype: torch.dtype, what: str = "",
+                        *, scale_floor: float = 0.0, atol_floor: float = 0.0) -> None:
+    """Same dtype and shape, and equal to ``tolerance(family, dtype)``: ``rtol``, and ``atol`` as a
+    fraction of ``max(max|expected|, scale_floor)`` plus ``atol_floor``."""
+    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    rtol, atol = tolerance(family, dtype, actual.device)
+    scale = expected.detach().abs().max().item() if expected.numel() else 0.0
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol * max(scale, scale_floor) + atol_floor,
+                               msg=lambda m: f"{what}: {m}")
+
+
 def sized(cpu, cuda):
     """``cuda`` when the kernels run compiled on a GPU (larger problems are cheap there), else ``cpu``."""
     return cuda if ON_CUDA else cpu
