@@ -9,8 +9,10 @@ zero-shot, fine-tuning from random weights, and fine-tuning the pre-trained mode
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from .checks import number
 from .corpus_builder import build_stdlib_corpus
 from .data.pipeline import tokenize_corpus
 from .data.shards import ShardDataset
@@ -19,7 +21,8 @@ from .fileio import remove_tree
 from .model.generation.completion import DecodeSettings, complete
 from .model.loading import model_from_checkpoint, tokenizer_for
 from .runtime import pick_device
-from .tasks.cloze import make_cloze
+from .settings import setting
+from .tasks.cloze import ClozeConfig, make_cloze
 from .tasks.fewshot import zero_shot_mcq
 from .tasks.finetune import FinetuneConfig, finetune
 from .tasks.head_eval import evaluate_task
@@ -27,6 +30,18 @@ from .train.lm_eval import evaluate_lm
 from .train.pretrain import PretrainConfig, pretrain
 
 DEMO_PROMPT = "Return a new list"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """The settings of `gpt1 demo` (besides its working directory)."""
+
+    overwrite: bool = setting(False, "Replace --out even if it was not made by the demo (everything in it is deleted).")
+    preset: str = setting("mini", "Model preset to pre-train.")
+    steps: int = setting(800, "Pre-training steps.", rule=number(minimum=1))
+    vocab_size: int = setting(4000, "Tokenizer vocabulary size.", rule=number(minimum=1))
+    corpus_mb: float = setting(8.0, "Most megabytes of standard-library text to use.", rule=number(above=0))
+    device: str = setting("auto", "auto (CUDA when available), cpu or cuda.")
 
 
 MARKER = ".gpt1-demo"  # marks a folder the demo made, which a later demo may replace
@@ -57,23 +72,20 @@ def greedy_sample(model, tokenizer, prompt: str, max_new_tokens: int = 30) -> st
 
 def run_demo(
     out_dir: str | Path = "demo-out",
+    config: DemoConfig = DemoConfig(),
     *,
-    preset: str = "mini",
-    steps: int = 800,
-    vocab_size: int = 4000,
-    corpus_bytes: int = 8_000_000,
     finetune_epochs: int = 3,
     finetune_lr: float = 1e-3,
-    device: str = "auto",
     show_progress: bool = True,
     log=print,
-    overwrite: bool = False,
 ) -> dict:
     """Run the whole pipeline in ``out_dir`` (replacing an earlier demo there); return its figures.
 
     An existing ``out_dir`` that is not empty and was not made by the demo is replaced (all of
-    it deleted) only with ``overwrite``.
+    it deleted) only with ``config.overwrite``.
     """
+    preset, steps, vocab_size, device, overwrite = config.preset, config.steps, config.vocab_size, config.device, config.overwrite
+    corpus_bytes = int(config.corpus_mb * 1e6)
     started = time.perf_counter()
     out = Path(out_dir)
     prepare_demo_dir(out, overwrite)
@@ -126,7 +138,7 @@ def run_demo(
     log("5/6 building a story-cloze task from the held-out documents")
     task_dir = out / "cloze"
     # Most examples go to the test split, so the comparison below has the statistical power to mean something.
-    task = make_cloze([corpus["heldout_path"]], task_dir, context_sentences=2, split=(0.5, 0.1, 0.4))
+    task = make_cloze([corpus["heldout_path"]], task_dir, ClozeConfig(context_sentences=2), split=(0.5, 0.1, 0.4))
     results["task"] = task["examples"]
     stage("make-task", t0)
 

@@ -8,26 +8,22 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..checks import option
-from ..demo import run_demo
+from ..demo import DemoConfig, run_demo
 from ..fileio import atomic_write_json
+from .options import Options, command
 
 
+@command(DemoConfig)
 def demo(
     out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Working directory; an earlier demo's is replaced, any other existing folder only with --overwrite."),
-    overwrite: bool = typer.Option(False, help="Replace --out even if it was not made by the demo (everything in it is deleted)."),
-    preset: str = typer.Option("mini", help="Model preset to pre-train."),
-    steps: int = typer.Option(800, callback=option(minimum=1), help="Pre-training steps."),
-    vocab_size: int = typer.Option(4000, callback=option(minimum=1), help="Tokenizer vocabulary size."),
-    corpus_mb: float = typer.Option(8.0, callback=option(above=0), help="Most megabytes of standard-library text to use."),
-    device: str = typer.Option("auto", help="auto (CUDA when available), cpu or cuda."),
+    *,
+    options: Options,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Build a corpus from the installed Python's docstrings, tokenize, pre-train, evaluate and generate."""
     console = Console()
-    results = run_demo(out, preset=preset, steps=steps, vocab_size=vocab_size, corpus_bytes=int(corpus_mb * 1e6),
-                       device=device, show_progress=not quiet, log=lambda m: console.print(f"[bold cyan]{m}"),
-                       overwrite=overwrite)
+    config = options.config(DemoConfig)
+    results = run_demo(out, config, show_progress=not quiet, log=lambda m: console.print(f"[bold cyan]{m}"))
     atomic_write_json(out / "results.json", results)
     table = Table(title="gpt1 demo: the Python standard library's documentation")
     table.add_column("what")
@@ -39,7 +35,7 @@ def demo(
         ("corpus (held out for the task)", f"{corpus['heldout_documents']:,} documents, {corpus['heldout_bytes'] / 1e6:.2f} MB"),
         ("tokenizer", f"BPE {tok['vocab_size']:,} tokens, encode {tok['encode_mb_per_s']} MB/s"),
         ("shards", f"{tok['train_tokens']:,} train / {tok['val_tokens']:,} val tokens"),
-        ("model", f"{preset}, {pre['parameters']:,} parameters"),
+        ("model", f"{config.preset}, {pre['parameters']:,} parameters"),
         ("pre-training speed", f"{pre['tokens_per_s']:,.0f} tokens/s ({pre['kernels'].split(':')[0]})"),
         ("val loss untrained -> pretrained", f"{ev['untrained']['loss']:.3f} -> {ev['pretrained']['loss']:.3f}"),
         ("val perplexity", f"{ev['untrained']['ppl']:,.1f} -> {ev['pretrained']['ppl']:,.1f}"),

@@ -11,12 +11,14 @@ import contextlib
 import json
 import random
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..checks import SEED, check_number
+from ..checks import SEED, check_number, number
 from ..data.corpus import expand_inputs, iter_documents
 from ..errors import Gpt1Error
 from ..fileio import atomic_path, atomic_write_json, refuse_to_replace
+from ..settings import check_settings, setting
 from .outputs import locked_directory
 
 # A sentence ends at ., ! or ? followed by space and an upper-case letter or a quote.
@@ -41,26 +43,44 @@ SPLITS = ("train", "val", "test")
 TASK_INFO = "task.json"
 
 
+@dataclass(frozen=True)
+class ClozeConfig:
+    """The settings of `gpt1 make-task cloze` (besides its inputs and output directory)."""
+
+    overwrite: bool = setting(False, "Replace the task files already in --out (a run trained on them no longer "
+                              "matches its data).")
+    context_sentences: int = setting(3, "Sentences of passage before the ending.", rule=number(minimum=1))
+    choices: int = setting(2, "Endings to choose from (one true, the rest from other documents).",
+                           rule=number(minimum=2))
+    train_fraction: float = setting(0.8, "Share of examples for train, between 0 and 1; val and test split the "
+                                    "rest evenly.", rule=number(above=0, below=1))
+    seed: int = setting(0, "Seed of passage order, distractors and splits.", rule=number(**SEED))
+
+    @property
+    def split(self) -> tuple[float, float, float]:
+        """Shares of train, val and test: the train fraction, then the rest evenly."""
+        rest = (1 - self.train_fraction) / 2
+        return (self.train_fraction, rest, rest)
+
+
 def make_cloze(
     inputs: list[str],
     out_dir: str | Path,
+    config: ClozeConfig = ClozeConfig(),
     *,
-    context_sentences: int = 3,
-    choices: int = 2,
-    split: tuple[float, float, float] = (0.8, 0.1, 0.1),
-    seed: int = 0,
+    split: tuple[float, float, float] | None = None,
     max_examples: int | None = None,
-    overwrite: bool = False,
 ) -> dict:
     """Write ``train.jsonl``, ``val.jsonl``, ``test.jsonl`` and ``task.json`` to ``out_dir``.
 
-    Existing task files are replaced only with ``overwrite`` (a run may have been trained on
-    them). ``task.json`` is written last and, when replacing, removed first: a folder holding it
-    holds a complete task.
+    ``split`` (shares of train, val and test) replaces the config's train fraction when given.
+    Existing task files are replaced only with ``config.overwrite`` (a run may have been trained
+    on them). ``task.json`` is written last and, when replacing, removed first: a folder holding
+    it holds a complete task.
     """
-    check_number(context_sentences, "--context-sentences", minimum=1)
-    check_number(choices, "--choices", minimum=2)
-    check_number(seed, "--seed", **SEED)
+    context_sentences, choices, seed, overwrite = config.context_sentences, config.choices, config.seed, config.overwrite
+    split = config.split if split is None else split
+    check_settings(config)
     if max_examples is not None:
         check_number(max_examples, "max_examples", minimum=1)
     for part in split:

@@ -283,7 +283,7 @@ def test_make_task_writes_task_json_last_and_removes_the_old_one_first(tmp_path,
 
     monkeypatch.setattr(cloze, "atomic_write_json", crash)
     with pytest.raises(OSError):
-        cloze.make_cloze([str(corpus)], out, seed=3, overwrite=True)
+        cloze.make_cloze([str(corpus)], out, cloze.ClozeConfig(seed=3, overwrite=True))
     # The new splits are in place but nothing vouches for them: no task.json of the old task remains.
     assert not (out / "task.json").exists()
 
