@@ -32,6 +32,8 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
+from gpt1cli.runtime import one_torch_thread
+
 from .harness import Settings, guarded, summarize, synchronize
 
 KERNEL_MODULES = ("gpt1_kernels.attention", "gpt1_kernels.layernorm", "gpt1_kernels.cross_entropy")
@@ -167,17 +169,6 @@ def _step(call: Callable[..., torch.Tensor], args: tuple, leaves: list, upstream
     return forward_backward
 
 
-@contextlib.contextmanager
-def _one_intra_op_thread() -> Iterator[None]:
-    """Tiny CPU ops gain nothing from torch's thread pool; waking it only adds noise."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def time_per_call(fn: Callable[[], object], settings: Settings, device: torch.device) -> dict:
     """Per-call time of ``fn``; each sample is the mean over ``calls`` back-to-back calls.
 
@@ -243,7 +234,7 @@ def run_dispatch(settings: Settings) -> list[dict]:
         return [{"op": entry.name, "mode": mode, "skipped": reason, "impls": {}}
                 for entry in ENTRIES for mode in MODES]
     cpu = torch.device("cpu")
-    with _one_intra_op_thread():
+    with one_torch_thread():
         records = [measure_entry(entry, mode, settings, cpu, torch.float32, True)
                    for entry in ENTRIES for mode in MODES]
     if settings.cuda:

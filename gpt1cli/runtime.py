@@ -65,3 +65,15 @@ def seed_everything(seed: int) -> None:
 def step_seed(seed: int, rank: int, step: int) -> int:
     """A well-mixed 63-bit seed for (run seed, process rank, step)."""
     return int(np.random.SeedSequence([seed, rank, step]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread inside the block: tiny CPU ops gain nothing from torch's thread pool,
+    and on a shared machine waking it only adds noise and oversubscription."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gpt1cli import runtime
+
 REPO = Path(__file__).resolve().parent.parent
 
 # ---------------------------------------------------------------------------------------------
@@ -132,14 +134,7 @@ def write_paragraphs(path: Path, *, seed: int, documents: int = 12, sentences: i
 # CPU threads: the test machine has two shared cores; one intra-op thread avoids oversubscription.
 
 
-@contextlib.contextmanager
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+one_torch_thread = runtime.one_torch_thread
 
 
 # ---------------------------------------------------------------------------------------------
