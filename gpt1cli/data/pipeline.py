@@ -14,7 +14,7 @@ import numpy as np
 
 from ..checks import SEED, check_number
 from ..errors import Gpt1Error, Interrupted, interrupt_leaves
-from ..fileio import atomic_path, atomic_write_json, file_hash, plain_name, read_json
+from ..fileio import atomic_path, atomic_write_json, file_hash, plain_name, read_json, uninterrupted
 from ..locking import exclusive_output
 from ..progress import progress_bar
 from ..settings import check_settings, setting
@@ -131,6 +131,10 @@ class Journal:
         self.shards = 0
 
     def save(self, documents: int, writers: dict) -> None:
+        with uninterrupted():  # an interrupt is acted on after the save, at a document boundary
+            self._save(documents, writers)
+
+    def _save(self, documents: int, writers: dict) -> None:
         self.saves += 1
         pending = {}
         for split, writer in writers.items():

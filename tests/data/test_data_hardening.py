@@ -66,6 +66,37 @@ def shard_hashes(splits: dict) -> dict:
 # 1. Ctrl-C
 
 
+class _BufferedSplit:
+    """What a journal save reads from a split's shard writer."""
+
+    shards: list = []
+
+    def pending(self) -> np.ndarray:
+        return np.arange(5, dtype=np.uint16)
+
+    def summary(self) -> dict:
+        return {"tokens": 5}
+
+
+def test_ctrl_c_during_a_journal_save_is_acted_on_after_the_save(tmp_path, monkeypatch):
+    """Seen in CI: SIGINT inside np.save surfaced as a TypeError traceback (exit 1), not exit 130."""
+    journal = pipeline.Journal(tmp_path, {"vocab_size": 300})
+    write_array = np.save
+
+    def interrupted_write(handle, array):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C arrives in the middle of the save
+        write_array(handle, array)
+
+    monkeypatch.setattr(np, "save", interrupted_write)
+    with pytest.raises(KeyboardInterrupt):
+        journal.save(7, {"train": _BufferedSplit(), "val": _BufferedSplit()})
+    state = json.loads((tmp_path / pipeline.JOURNAL).read_text())
+    assert state["documents"] == 7 and set(state["pending"]) == {"train", "val"}
+    for name in state["pending"].values():
+        assert np.load(tmp_path / name).tolist() == [0, 1, 2, 3, 4]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_ctrl_c_exits_130_with_one_line_and_the_same_command_resumes(tmp_path, assets):
     corpus = words_corpus(tmp_path / "corpus.txt", 5_000_000)  # batches of 2 MB: SIGINT lands mid-run
     out = tmp_path / "out"
