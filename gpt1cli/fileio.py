@@ -12,9 +12,7 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import tempfile
-import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -166,29 +164,3 @@ def refuse_to_replace(path: str | os.PathLike, overwrite: bool, option: str = "-
     path = Path(path)
     if (path.exists() or path.is_symlink()) and not overwrite:
         raise Gpt1Error(f"{path} already exists; pass {option} to replace it or choose another path")
-
-
-@contextlib.contextmanager
-def uninterrupted() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM back until the block ends, then act on them as the handlers in place
-    would: a save of several files is never cut in the middle. (numpy, for one, turns an interrupt
-    inside ``np.save`` into an unrelated TypeError, which reached the user as a traceback.)
-
-    Python runs signal handlers in the main thread only, so elsewhere this holds nothing back."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held: list[int] = []
-    caught = (signal.SIGINT, signal.SIGTERM)
-    previous = {signum: signal.signal(signum, lambda signum, _frame: held.append(signum)) for signum in caught}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        if held:
-            handler = previous[held[0]]
-            if callable(handler):
-                handler(held[0], None)
-            elif handler == signal.SIG_DFL:
-                signal.raise_signal(held[0])

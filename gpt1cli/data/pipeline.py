@@ -14,10 +14,11 @@ import numpy as np
 
 from ..checks import SEED, check_number
 from ..errors import Gpt1Error, Interrupted, interrupt_leaves
-from ..fileio import atomic_path, atomic_write_json, file_hash, plain_name, read_json, uninterrupted
+from ..fileio import atomic_path, atomic_write_json, file_hash, plain_name, read_json
 from ..locking import exclusive_output
 from ..progress import progress_bar
 from ..settings import check_settings, setting
+from ..signals import uninterrupted
 from ..tokenizer import load_tokenizer, tokenizer_filename
 from ..tokenizer.sentencepiece_bpe import MAX_SENTENCE_BYTES, MAX_VOCAB, check_vocab_size, train_sentencepiece
 from .corpus import TextBatch, check_errors_mode, expand_inputs, iter_text_batches, split_long_line

@@ -21,11 +21,11 @@ import torch
 from ..errors import TrainingStopped
 from ..progress import Bar, progress_bar
 from ..runtime import step_seed
+from ..signals import StopRequest, graceful_stop
 from .distributed import World, any_rank, full_model_state, wrap_model
 from .metrics_log import MetricsLog
 from .optim import make_optimizer
 from .optimizer_state import load_optimizer_state, optimizer_state
-from .signals import StopRequest, graceful_stop
 
 
 def due(done: int, every: int, last: int) -> bool:
