@@ -33,7 +33,8 @@ from safetensors.torch import load_file, save_file
 from .checks import check_number
 from .config import ModelConfig
 from .errors import Gpt1Error
-from .fileio import atomic_write_json, atomic_write_text, clean_trash, file_hash, plain_name, read_json, remove_tree
+from .fileio import (atomic_write_json, atomic_write_text, clean_trash, file_hash, follow_umask, plain_name, read_json,
+                     remove_tree)
 
 FORMAT = "gpt1-checkpoint"
 FORMAT_VERSION = 1
@@ -85,6 +86,7 @@ def _fsync_dir(path: Path) -> None:
 
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
+    follow_umask(path)  # safetensors creates 0600
     with open(path, "rb+") as handle:
         os.fsync(handle.fileno())
 
@@ -230,11 +232,13 @@ def read_pointer(pointer: str | Path, *, strict: bool = True) -> str | None:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder from either that folder or a run directory (its latest checkpoint)."""
+    """A checkpoint folder from either that folder or a run directory: a pre-training run's latest
+    checkpoint, a fine-tuning run's (it keeps ``train-state/``) best, the one it is used through."""
     path = Path(path)
     if (path / META).is_file():
         return path
-    pointer = path / CHECKPOINTS / LATEST
+    root = path / CHECKPOINTS
+    pointer = root / (BEST if (path / TRAIN_STATE).is_dir() and (root / BEST).is_file() else LATEST)
     if pointer.is_file():
         target = path / CHECKPOINTS / read_pointer(pointer)
         if (target / META).is_file():

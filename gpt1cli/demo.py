@@ -20,8 +20,9 @@ from .errors import Gpt1Error
 from .fileio import remove_tree
 from .model.generation.completion import DecodeSettings, complete
 from .model.loading import model_from_checkpoint, tokenizer_for
-from .runtime import pick_device
-from .settings import setting
+from .config import PRESETS
+from .runtime import DEVICE_HELP, device_rule, pick_device
+from .settings import one_of, setting
 from .tasks.cloze import ClozeConfig, make_cloze
 from .tasks.fewshot import zero_shot_mcq
 from .tasks.finetune import FinetuneConfig, finetune
@@ -37,11 +38,11 @@ class DemoConfig:
     """The settings of `gpt1 demo` (besides its working directory)."""
 
     overwrite: bool = setting(False, "Replace --out even if it was not made by the demo (everything in it is deleted).")
-    preset: str = setting("mini", "Model preset to pre-train.")
+    preset: str = setting("mini", "Model preset to pre-train.", rule=one_of(tuple(PRESETS), "preset"))
     steps: int = setting(800, "Pre-training steps.", rule=number(minimum=1))
     vocab_size: int = setting(4000, "Tokenizer vocabulary size.", rule=number(minimum=1))
     corpus_mb: float = setting(8.0, "Most megabytes of standard-library text to use.", rule=number(above=0))
-    device: str = setting("auto", "auto (CUDA when available), cpu or cuda.")
+    device: str = setting("auto", DEVICE_HELP, rule=device_rule)
 
 
 MARKER = ".gpt1-demo"  # marks a folder the demo made, which a later demo may replace

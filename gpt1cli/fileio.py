@@ -32,7 +32,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise Gpt1Error(f"cannot write {path}: {exc.strerror or exc}; check the directory exists and is writable") from exc
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; outputs are ordinary files
+    follow_umask(tmp_path)  # mkstemp makes 0600; outputs are ordinary files
     try:
         yield tmp_path
         _fsync_file(tmp_path)
@@ -49,6 +49,13 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def follow_umask(path: str | os.PathLike) -> None:
+    """Give ``path`` the mode a plain ``open``/``mkdir`` would have: writers such as safetensors
+    and ``mkstemp`` create 0600 files, but every output of the toolkit follows the umask."""
+    base = 0o777 if os.path.isdir(path) else 0o666
+    os.chmod(path, base & ~_umask())
 
 
 def _fsync_file(path: Path) -> None:
@@ -103,15 +110,21 @@ def parse_json(text: str, what: str):
         raise Gpt1Error(f"{what} holds a value JSON cannot be read into ({exc})") from None
 
 
-def read_json(path: str | os.PathLike, what: str) -> dict:
-    """Load a JSON object, turning every failure into one clear :class:`Gpt1Error`."""
+def read_text(path: str | os.PathLike, what: str) -> str:
+    """A UTF-8 text file (a byte-order mark skipped); every failure is one clear :class:`Gpt1Error`."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        return path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise Gpt1Error(f"{what} not found: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise Gpt1Error(f"cannot read {what} {path}: {exc}") from None
+
+
+def read_json(path: str | os.PathLike, what: str) -> dict:
+    """Load a JSON object, turning every failure into one clear :class:`Gpt1Error`."""
+    path = Path(path)
+    text = read_text(path, what)
     try:
         obj = parse_json(text, f"{what} {path}")
     except Gpt1Error as exc:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import os
 import random
+import re
 from typing import Iterator
 
 import numpy as np
@@ -11,23 +14,56 @@ import torch
 
 from .errors import Gpt1Error
 
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda")  # and cuda:N, one GPU by its index
+DEVICE_HELP = "auto (CUDA when available), cpu, cuda, or cuda:N (GPU N; under torchrun each process takes its LOCAL_RANK's)."
+_DEVICE = re.compile(r"(auto|cpu|cuda)(:(0|[1-9][0-9]{0,3}))?")
+
+
+def device_rule(value, name: str):
+    """Rule: a device name (auto, cpu, cuda or cuda:N); whether it is present is checked when the run starts."""
+    match = _DEVICE.fullmatch(value) if isinstance(value, str) else None
+    if match is None or (match.group(2) and match.group(1) != "cuda"):
+        raise Gpt1Error(f"{name} must be auto, cpu, cuda or cuda:N (N the index of a GPU), not {value!r}")
+    return value
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` is CUDA when available, else CPU. Changes no global setting (see :func:`fast_matmul`).
+    """``auto`` is CUDA when available, else CPU; ``cuda:N`` is GPU N, which also becomes the
+    current CUDA device (kernels launch on the current device). Changes no other global setting
+    (see :func:`fast_matmul`).
 
-    Also resolves the kernel path (``GPT1_KERNELS``), so a bad setting fails here, before any work."""
-    if name not in DEVICES:
-        raise Gpt1Error(f"--device must be one of {', '.join(DEVICES)}, not {name!r}")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise Gpt1Error("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    Under torchrun (WORLD_SIZE > 1) each process takes the GPU of its LOCAL_RANK, so a ``cuda:N``
+    naming one GPU for every process is refused. Also resolves the kernel path (``GPT1_KERNELS``),
+    so a bad setting fails here, before any work."""
+    device_rule(name, "--device")
+    kind, _, index = name.partition(":")
+    if kind == "auto":
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise Gpt1Error(f"--device {name} was asked for but no CUDA GPU is visible; use --device cpu")
+    if index:
+        if _world_size() > 1:
+            raise Gpt1Error(f"--device {name} names one GPU, but under torchrun each process uses the GPU of its "
+                            "LOCAL_RANK: pass --device cuda (choose the GPUs with CUDA_VISIBLE_DEVICES)")
+        count = torch.cuda.device_count()
+        if int(index) >= count:
+            visible = f"cuda:0 to cuda:{count - 1}" if count > 1 else "cuda:0"
+            raise Gpt1Error(f"--device {name}: only {count} CUDA GPU{'s are' if count > 1 else ' is'} visible "
+                            f"({visible})")
     from .model import ops
 
     ops.kernel_path()
-    return torch.device(name)
+    if index:
+        torch.cuda.set_device(int(index))
+        return torch.device("cuda", int(index))
+    return torch.device(kind)
+
+
+def _world_size() -> int:
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
 
 
 @contextlib.contextmanager
@@ -49,11 +85,64 @@ def fast_matmul(device: torch.device | str) -> Iterator[None]:
         torch.backends.cudnn.allow_tf32 = cudnn_tf32
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; full fp32 on CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+# ---------------------------------------------------------------------------------------------
+# Precision
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+PRECISION_HELP = "auto, bf16, fp16 (autocast with a loss scaler) or fp32."
+PRECISION_DEFAULT = "bf16 on CUDA when supported, else fp32"
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_AMBIENT: contextvars.ContextVar[str | None] = contextvars.ContextVar("gpt1_precision", default=None)
+
+
+def precision_rule(value, name: str):
+    """Rule: one of :data:`PRECISIONS`."""
+    if value not in PRECISIONS:
+        raise Gpt1Error(f"{name} must be one of {', '.join(PRECISIONS)}, not {value!r}")
+    return value
+
+
+def resolve_precision(name: str | None, device: torch.device) -> str:
+    """bf16, fp16 or fp32 for ``--precision name`` on ``device`` (None or auto: bf16 on a CUDA GPU
+    that supports it, else fp32). bf16 and fp16 autocast also run on the CPU (slowly)."""
+    device = torch.device(device)
+    if name is not None:
+        precision_rule(name, "--precision")
+    if name in (None, "auto"):
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if device.type not in ("cuda", "cpu") and name != "fp32":
+        raise Gpt1Error(f"--precision {name} is not available on {device.type}; use --precision fp32")
+    if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise Gpt1Error("--precision bf16: this GPU does not support bfloat16; use --precision fp16 or fp32")
+    return name
+
+
+@contextlib.contextmanager
+def precision_scope(precision: str) -> Iterator[None]:
+    """Inside the block, :func:`autocast` without a precision uses ``precision`` (a training run's
+    evaluation and its task kind's loss compute as the run does)."""
+    token = _AMBIENT.set(precision)
+    try:
+        yield
+    finally:
+        _AMBIENT.reset(token)
+
+
+def autocast(device: torch.device, precision: str | None = None):
+    """Autocast for ``precision`` (bf16, fp16; fp32: none). Without one: the enclosing
+    :func:`precision_scope`'s, else bf16 on CUDA and full fp32 on the CPU."""
+    device = torch.device(device)
+    precision = precision or _AMBIENT.get()
+    if precision is None:
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=_DTYPES[precision])
+
+
+def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | None:
+    """The loss scaler fp16 needs (None for bf16 and fp32)."""
+    return torch.amp.GradScaler(torch.device(device).type) if precision == "fp16" else None
 
 
 def seed_everything(seed: int) -> None:

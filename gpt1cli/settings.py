@@ -124,7 +124,8 @@ def check_settings(config) -> None:
 
 
 def saved(config) -> dict[str, Any]:
-    """The run config recorded with a checkpoint: every setting declared ``saved``."""
+    """The run config recorded with a checkpoint: every setting declared ``saved`` (a command's
+    ``--config`` reads it back, so a run can be repeated from it)."""
     return {f.name: getattr(config, f.name) for f in fields(config) if declared(f).saved}
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 
 import pytest
 import torch
@@ -103,6 +105,24 @@ def test_save_checkpoint_keeps_the_newest(tmp_path, assets):
     assert not (tmp_path / "checkpoints" / "step_00000005" / "trainer.json").exists()
     with pytest.raises(Gpt1Error, match="weights only"):
         load_checkpoint(tmp_path, with_trainer=True)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_checkpoint_files_follow_the_umask(tmp_path, assets, umask):
+    # safetensors writes its files 0600; every output follows the umask like any other tool's.
+    model = GPT(preset("tiny", 300, n_ctx=16))
+    previous = os.umask(umask)
+    try:
+        final = save_checkpoint(tmp_path, 1, model_state=model.state_dict(), config=model.config,
+                                tokenizer_path=assets.tokenizer, trainer_tensors={"x": torch.zeros(2)},
+                                trainer_meta={"note": 1})
+    finally:
+        os.umask(previous)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in final.iterdir()}
+    assert set(modes) >= {"model.safetensors", "trainer.safetensors", "checkpoint.json"}
+    assert modes == dict.fromkeys(modes, 0o666 & ~umask), modes
+    assert stat.S_IMODE(final.stat().st_mode) == 0o777 & ~umask
+    assert stat.S_IMODE((tmp_path / "checkpoints" / "latest").stat().st_mode) == 0o666 & ~umask
 
 
 # ---------------------------------------------------------------------------------------------

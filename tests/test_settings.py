@@ -17,7 +17,7 @@ import typer
 
 import support
 from gpt1cli import settings
-from gpt1cli.cli.app import app
+from gpt1cli.cli.app import COMMANDS, app, function
 from gpt1cli.config import PRESETS, Preset, preset
 from gpt1cli.errors import Gpt1Error
 from gpt1cli.model.generation.completion import DecodeSettings
@@ -26,7 +26,7 @@ from gpt1cli.tasks.generative import GenerativeConfig
 from gpt1cli.tasks.training import settings_of
 from gpt1cli.train.pretrain_config import FROM_PRESET, PretrainConfig, continued
 
-CALLBACKS = {info.name: info.callback for info in app.registered_commands}
+CALLBACKS = {name: function(name) for name in COMMANDS}
 # Commands whose options are built from config dataclasses, and those configs.
 BUILT = {name: callback.configs for name, callback in CALLBACKS.items() if hasattr(callback, "configs")}
 RUN_CONFIGS = (PretrainConfig, FinetuneConfig, GenerativeConfig)

@@ -9,8 +9,11 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from ..checks import option
+from ..progress import console as make_console
+from ..runtime import DEVICE_HELP, device_rule
 
 
 def _rich_table(spec) -> Table:
@@ -25,7 +28,7 @@ def _rich_table(spec) -> Table:
 
 def bench(
     section: str = typer.Argument(..., help="What to benchmark: kernels, train, data, generate or all."),
-    device: str = typer.Option("auto", help="auto (CUDA when available), cuda or cpu."),
+    device: str = typer.Option("auto", callback=option(device_rule), help=DEVICE_HELP),
     dtype: str = typer.Option("auto", help="bf16, fp16 or fp32 for kernel inputs and training autocast; "
                                            "auto is bf16 on CUDA, fp32 on CPU."),
     out: Optional[Path] = typer.Option(None, "--out", "-o",
@@ -44,8 +47,8 @@ def bench(
         from gpt1_benchmarks.plots import require_matplotlib
 
         require_matplotlib()
-    console = Console()
-    err = Console(stderr=True, highlight=False)
+    console = make_console()
+    err = make_console(stderr=True)
 
     def show(name: str, result: dict) -> None:
         for spec in section_tables(name, result):

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from ..demo import DemoConfig, run_demo
 from ..fileio import atomic_write_json
+from ..progress import console as make_console
 from .options import Options, command
 
 
@@ -21,7 +21,7 @@ def demo(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Build a corpus from the installed Python's docstrings, tokenize, pre-train, evaluate and generate."""
-    console = Console()
+    console = make_console()
     config = options.config(DemoConfig)
     results = run_demo(out, config, show_progress=not quiet, log=lambda m: console.print(f"[bold cyan]{m}"))
     atomic_write_json(out / "results.json", results)

@@ -4,35 +4,25 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
 import torch
 import typer
-from rich.console import Console
 
-from ..checks import SEED, number, option
+from ..checks import SEED, option
 from ..errors import Gpt1Error, Interrupted, interrupt_leaves
 from ..model.generation.completion import DecodeSettings, complete
 from ..model.generation.sampling import check_prompt
 from ..model.loading import model_from_checkpoint, tokenizer_for
-from ..runtime import pick_device
-from ..settings import setting
+from ..progress import console as make_console
+from ..runtime import DEVICE_HELP, device_rule, pick_device
 from ..tasks.outputs import check_output, is_stdout, where
 from ..tasks.transforms import task_prompt
 from .options import Options, command
 
 
-@dataclass(frozen=True)
-class SampleSettings(DecodeSettings):
-    """`gpt1 generate` samples unless told otherwise (the library's decoding defaults to greedy)."""
-
-    temperature: float = setting(0.8, "Sampling temperature (>= 0); 0 is greedy. Not used by beam search.",
-                                 rule=number(minimum=0))
-
-
-@command(SampleSettings)
+@command(DecodeSettings)
 def generate(
     ckpt: Path = typer.Option(..., help="Checkpoint folder or run directory (its latest checkpoint)."),
     prompt: Optional[str] = typer.Option(None, help="Text to continue (or --input FILE).", show_default="none"),
@@ -45,7 +35,7 @@ def generate(
     task_format: bool = typer.Option(False, "--task-format", help="Wrap the prompt as \\[start; prompt; delim] and print only the completion (on by itself for a checkpoint fine-tuned with --task generate)."),
     plain: bool = typer.Option(False, "--plain", help="Continue the prompt as plain text even for a generate-task checkpoint."),
     seed: int = typer.Option(0, callback=option(**SEED), help="Sampling seed (line i of --input uses seed + i)."),
-    device: str = typer.Option("auto", help="auto (CUDA when available), cpu or cuda."),
+    device: str = typer.Option("auto", callback=option(device_rule), help=DEVICE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar for --input."),
 ) -> None:
     """Generate a continuation of --prompt (or of each prompt in --input) with a KV cache."""
@@ -57,7 +47,7 @@ def generate(
         raise Gpt1Error("--out goes with --input FILE; a --prompt's completion is printed")
     if task_format and plain:
         raise Gpt1Error("--task-format and --plain contradict each other: give one")
-    settings = options.config(SampleSettings, stop=tuple(s.replace("\\n", "\n") for s in stop or ())).check()
+    settings = options.config(DecodeSettings, stop=tuple(s.replace("\\n", "\n") for s in stop or ())).check()
     if input_file is not None:
         check_output(out, overwrite)  # before the model is loaded
     dev = pick_device(device)
@@ -69,7 +59,7 @@ def generate(
 
         count = generate_file(model, tokenizer, input_file, out, settings, task_format=wrap, seed=seed,
                               show_progress=not quiet, overwrite=overwrite)
-        Console(stderr=is_stdout(out)).print(f"{count} completions written to {where(out)}")
+        make_console(stderr=is_stdout(out)).print(f"{count} completions written to {where(out)}")
         return
     prompt_ids = tokenizer.encode(prompt)
     if wrap:

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import List
 
 import typer
-from rich.console import Console
 
 from ..errors import Gpt1Error
+from ..progress import console as make_console
 from ..tasks.cloze import ClozeConfig, make_cloze
 from .options import Options, command
 
@@ -27,5 +27,5 @@ def make_task(
     config = options.config(ClozeConfig)
     info = make_cloze(inputs, out, config)
     counts = info["examples"]
-    Console().print(f"cloze task in {out}: {counts['train']} train, {counts['val']} val, {counts['test']} test examples, "
+    make_console().print(f"cloze task in {out}: {counts['train']} train, {counts['val']} val, {counts['test']} test examples, "
                     f"{config.choices} choices each")

@@ -2,9 +2,10 @@
 
 ``@command(Config)`` on a function taking ``options: Options`` gives Typer a signature with one
 option per setting of ``Config`` (its default, help text, names and rule, checked as the command
-line is parsed), between the function's own parameters before and after ``options``. The
-function receives the values and which of them were given, and builds the config with
-:meth:`Options.config`.
+line is parsed), between the function's own parameters before and after ``options``, and
+``--config FILE``: the settings read from a file (:mod:`.config_file`), which the options typed
+on the command line override. The function receives the values and which of them were given
+(typed or in the file), and builds the config with :meth:`Options.config`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import typer
 
 from .. import settings
 from ..checks import option
+from . import config_file
 
 _KEYWORD = inspect.Parameter.KEYWORD_ONLY
 
@@ -28,7 +30,7 @@ _KEYWORD = inspect.Parameter.KEYWORD_ONLY
 @dataclass
 class Options:
     """What the command line gave: every setting's value (defaults included) and the names of
-    those given on it (or in the environment), not left to their default."""
+    those given on it (or in the environment, or in its --config file), not left to their default."""
 
     values: dict[str, Any]
     given: set[str]
@@ -44,10 +46,33 @@ def _plain(value):
 
 
 def was_given(ctx: typer.Context, name: str) -> bool:
-    """Whether parameter ``name`` was set on the command line or in the environment."""
+    """Whether parameter ``name`` was set on the command line, in the environment or in the
+    command's --config file (which fills the context's default map: a value there is given as
+    much as a typed one, for the resume rules too)."""
     source = ctx.get_parameter_source(name)
     # Compared by name: Typer bundles its own copy of click, whose enum is not click's.
-    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+    return source is not None and source.name != "DEFAULT"
+
+
+CONFIG_PARAMETER = "config_file"
+CONFIG_HELP = ("Settings from a TOML, YAML or JSON file (keys: the options' names, as batch_size), overridden by "
+               "the options given here; a run's metrics.jsonl repeats its settings. Paths in it are relative to "
+               "the current directory.")
+
+
+def config_option(known: dict[str, config_file.Known]):
+    """The ``--config FILE`` option of a command whose settings are ``known``: read eagerly, its
+    values become the defaults of the options not typed (the context's default map), checked as
+    the options would check them."""
+
+    def load(ctx: typer.Context, param, value):
+        if value is None or ctx.resilient_parsing:
+            return value
+        ctx.default_map = {**(ctx.default_map or {}), **config_file.read_settings(value, known)}
+        return value
+
+    return typer.Option(None, "--config", help=CONFIG_HELP, show_default=False, is_eager=True,
+                        callback=load)
 
 
 def offered(*configs) -> list[tuple[type, dataclasses.Field]]:
@@ -117,16 +142,19 @@ def command(*configs) -> Callable:
             own.insert(0, inspect.Parameter(context, _KEYWORD, annotation=typer.Context))
             slot += 1
         own = [p.replace(kind=_KEYWORD, annotation=hints.get(p.name, p.annotation)) for p in own]
-        offered = parameters(*configs)
-        names = [p.name for p in offered]
+        settings_parameters = parameters(*configs)
+        names = [p.name for p in settings_parameters]
+        known = config_file.known_settings(offered(*configs), configs)
+        config = inspect.Parameter(CONFIG_PARAMETER, _KEYWORD, default=config_option(known), annotation=Optional[Path])
 
         def run(**values):
             ctx = values.pop(context) if added_context else values[context]
+            values.pop(CONFIG_PARAMETER)
             chosen = {name: values.pop(name) for name in names}
             given = {name for name in chosen if was_given(ctx, name)}
             return function(**values, **{injected: Options(chosen, given)})
 
-        signature = [*own[:slot], *offered, *own[slot + 1:]]
+        signature = [*own[:slot], config, *settings_parameters, *own[slot + 1:]]
         run.__signature__ = inspect.Signature(signature)
         run.__annotations__ = {p.name: p.annotation for p in signature}
         run.configs = configs  # where its settings are declared (tests compare the two)

@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from ..progress import console as make_console
 from ..train.distributed import world_from_env
 from ..train.memory import human_bytes
 from ..train.pretrain import pretrain as run_pretrain
@@ -19,7 +20,7 @@ from .options import Options, command
 def pretrain(
     options: Options,
     dry_run: bool = typer.Option(False, "--dry-run", help="Check everything, print the parameters, FLOPs per token, memory estimate and settings, and exit without writing anything."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or progress lines."),
 ) -> None:
     """Pre-train a GPT decoder on token shards; checkpoints are safetensors + JSON."""
     config = options.config(PretrainConfig)
@@ -27,7 +28,7 @@ def pretrain(
     summary = run_pretrain(config, show_progress=not quiet, dry_run=dry_run, given=options.given)
     if world_from_env().rank != 0:
         return
-    console = Console(highlight=False, soft_wrap=True)
+    console = make_console()
     if summary.get("dry_run"):
         _print_plan(console, summary)
         return
@@ -42,7 +43,9 @@ def pretrain(
         return
     console.print(escape(
         f"trained to step {summary['stopped_at']} of {summary['steps']}: {figures}; "
-        f"{summary.get('tokens_per_s', float('nan')):,.0f} tokens/s ({summary['kernels']}); checkpoints in {config.out}/checkpoints"
+        f"{summary.get('tokens_per_s', float('nan')):,.0f} tokens/s ({summary['kernels']}, {summary['precision']})"
+        + (f"; {summary['overflow_steps']} fp16 overflow steps skipped" if summary.get("overflow_steps") else "")
+        + f"; checkpoints in {config.out}/checkpoints"
     ))
 
 
@@ -67,6 +70,7 @@ def _print_plan(console: Console, plan: dict) -> None:
         f"memory available {human_bytes(available) if available is not None else 'unknown'} on {plan['device']}: "
         + ("fits" if fits else "does NOT fit; the run would be refused"),
         f"steps            {plan['start_step']} -> {plan['end_step']} of {plan['config']['steps']}",
+        f"precision        {plan['precision']}",
         f"kernels          {plan['kernels']}",
         "model            " + ", ".join(f"{k}={v}" for k, v in model.items()),
         "settings         " + ", ".join(f"{k}={v}" for k, v in plan["config"].items()),

@@ -6,16 +6,19 @@ from pathlib import Path
 from typing import List
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from ..data.pipeline import TokenizeConfig, tokenize_corpus
+from ..progress import console as make_console
 from .options import Options, command
 
 
 @command(TokenizeConfig)
 def tokenize(
-    inputs: List[str] = typer.Argument(..., help="Corpus files (.txt, .jsonl with a 'text' field, .parquet with a 'text' column), directories or globs."),
+    inputs: List[str] = typer.Argument(..., help="Corpus files (.txt; .jsonl, .parquet, .arrow, .tsv or .csv with a 'text' "
+                                       "field or column, or the one --text-field names), Hugging Face datasets folders "
+                                       "(save_to_disk; a DatasetDict: its train split, or name a split's folder), "
+                                       "directories or globs."),
     out: Path = typer.Option(..., "--out", "-o", help="Directory for the shards, manifest.json and tokenizer.model."),
     *,
     options: Options,
@@ -28,7 +31,7 @@ def tokenize(
         table.add_column(column, justify="right")
     for name, split in manifest["splits"].items():
         table.add_row(name, f"{split['documents']:,}", f"{split['tokens']:,}", f"{split['text_bytes']:,}", str(len(split["shards"])))
-    console = Console()
+    console = make_console()
     console.print(table)
     stats = manifest["stats"]
     console.print(f"vocabulary {manifest['tokenizer']['vocab_size']:,} ({manifest['dtype']}), "

@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import List
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from ..errors import Gpt1Error
+from ..progress import console as make_console
 from ..verify import verify as run_verify
 
 
@@ -23,7 +23,7 @@ def verify(
     table.add_column("result")
     for check in checks:
         table.add_row(str(check.path), "[green]ok" if check.ok else f"[red]{check.detail}")
-    Console().print(table)
+    make_console().print(table)
     failed = [c for c in checks if not c.ok]
     if failed:
         raise Gpt1Error(f"{len(failed)} of {len(checks)} files failed verification, first {failed[0].path}: {failed[0].detail}")

@@ -1,15 +1,24 @@
-"""Streaming readers for text corpora: .txt, .jsonl (``text`` field), .parquet (``text`` column).
+"""Streaming readers for text corpora: .txt; .jsonl, .parquet, .arrow, .tsv and .csv (a text field or
+column, ``text`` unless named); and Hugging Face ``datasets`` folders (``save_to_disk``).
 
 Inputs may be files, directories (searched recursively) and glob patterns; suffixes are matched
 without regard to case. Nothing holds a whole corpus in memory, and a .txt file is read in
 bounded chunks, so not even one document (or one line) is held whole: the corpus comes as
 :class:`TextBatch` runs of text pieces, a document's pieces possibly spread over several batches.
+Arrow files (IPC file or stream format) are memory-mapped and read one record batch at a time
+(see :mod:`gpt1cli.data.tables` for them, ``datasets`` folders and the .tsv/.csv quoting rule).
 
 What a document is: in a .txt file, a run of lines up to a blank line (or the end of the
-file); in .jsonl and .parquet, one record. A line becomes one piece of text, except a line
+file); in every other format, one record (row). A line becomes one piece of text, except a line
 longer than :data:`LONG_LINE_BYTES`, which is cut into pieces at spaces (the space at each cut
 is dropped: a SentencePiece or GPT-1 tokenizer turns the start of the next piece into the same
 word boundary, so the tokens do not change).
+
+A ``datasets`` folder stands for its Arrow files, in the order its ``state.json`` lists them; a
+``DatasetDict`` folder for its ``train`` split (or its only split): name a split's folder to read
+another. In a directory that is searched, ``datasets`` folders are read the same way, and the
+shards of a ``gpt1 tokenize`` output folder (``train_00000.arrow``... beside ``manifest.json``)
+are skipped.
 """
 
 from __future__ import annotations
@@ -23,8 +32,13 @@ from typing import Iterator
 
 from ..errors import Gpt1Error
 from ..fileio import parse_json
+from .shards import MANIFEST, SHARD_NAME
+from .tables import (DelimitedReader, TRAIN_SPLITS, check_text_column, dataset_files, dataset_folder, datasets_kind,
+                     decode_utf8, open_arrow, show_names)
 
-SUFFIXES = (".txt", ".jsonl", ".parquet")
+SUFFIXES = (".txt", ".jsonl", ".parquet", ".arrow", ".tsv", ".csv")
+FORMATS = ".txt, .jsonl, .parquet, .arrow, .tsv or .csv"
+TEXT_FIELD = "text"  # the field (column) of a record's text, unless named
 ERROR_MODES = ("strict", "replace")
 BOM = b"\xef\xbb\xbf"
 READ_BYTES = 1 << 21  # .txt files are read in chunks of this size
@@ -48,13 +62,49 @@ def _file_kind(mode: int) -> str:
 
 def _not_regular(path: Path, mode: int) -> Gpt1Error:
     return Gpt1Error(f"input {path} is {_file_kind(mode)}, not a regular file: "
-                     "save the text to a .txt, .jsonl or .parquet file and name that")
+                     f"save the text to a {FORMATS} file and name that")
+
+
+def check_text_field(text_field) -> str:
+    """A field name to read the text from: a non-empty string."""
+    if not isinstance(text_field, str) or not text_field or not text_field.strip():
+        raise Gpt1Error(f"--text-field must name a field or column, got {text_field!r}")
+    return text_field
+
+
+def _datasets_inputs(folder: Path) -> list[Path]:
+    """The Arrow files a ``datasets`` folder stands for (a DatasetDict: its train split, or its only one)."""
+    return dataset_files(dataset_folder(folder, prefer=TRAIN_SPLITS))
+
+
+def _scan(directory: Path) -> list[Path]:
+    """The corpus files under ``directory`` (recursively, in path order), ``datasets`` folders read
+    as such, ``gpt1 tokenize`` shards skipped."""
+    if datasets_kind(directory) is not None:
+        return _datasets_inputs(directory)
+    found: list[tuple[Path, list[Path]]] = []
+    for root, dirs, files in os.walk(directory):
+        root_path = Path(root)
+        keep = []
+        for name in dirs:
+            sub = root_path / name
+            if datasets_kind(sub) is not None:
+                found.append((sub, _datasets_inputs(sub)))
+            else:
+                keep.append(name)
+        dirs[:] = keep
+        shard_folder = MANIFEST in files
+        for name in files:
+            path = root_path / name
+            if input_suffix(path) in SUFFIXES and not (shard_folder and SHARD_NAME.match(name)) and path.is_file():
+                found.append((path, [path]))
+    return [path for _, paths in sorted(found, key=lambda item: item[0]) for path in paths]
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
     """Resolve files, directories and globs to a sorted, de-duplicated list of corpus files."""
     if not inputs:
-        raise Gpt1Error("no input given: name one or more .txt, .jsonl or .parquet files, directories or globs")
+        raise Gpt1Error(f"no input given: name one or more {FORMATS} files, datasets folders, directories or globs")
     found: list[Path] = []
     for item in inputs:
         item = str(item)
@@ -72,9 +122,9 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
         except OSError as exc:
             raise Gpt1Error(f"cannot read input {path}: {exc.strerror or exc}") from None
         if stat.S_ISDIR(mode):
-            matches = sorted(p for p in path.rglob("*") if input_suffix(p) in SUFFIXES and p.is_file())
+            matches = _scan(path)
             if not matches:
-                raise Gpt1Error(f"directory {path} holds no .txt, .jsonl or .parquet file")
+                raise Gpt1Error(f"directory {path} holds no {FORMATS.replace(' or ', ', ')} file and no datasets folder")
             found.extend(matches)
         elif stat.S_ISREG(mode):
             found.append(path)
@@ -82,7 +132,8 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
             raise _not_regular(path, mode)
     for path in found:
         if input_suffix(path) not in SUFFIXES:
-            raise Gpt1Error(f"unsupported input {path}: use .txt, .jsonl (with a 'text' field) or .parquet (with a 'text' column)")
+            raise Gpt1Error(f"unsupported input {path}: use {FORMATS} (a record's text in a '{TEXT_FIELD}' field or "
+                            "column, or the one --text-field names), or a datasets folder")
         if not os.access(path, os.R_OK):
             raise Gpt1Error(f"input {path} is not readable: check its permissions")
     # De-duplicate by real file, but read each by its own name: a link's target may have no suffix.
@@ -148,12 +199,7 @@ class Document:
 
 
 def _decode(raw: bytes, path: Path, offset: int, errors: str) -> str:
-    try:
-        return raw.decode("utf-8", errors=errors)
-    except UnicodeDecodeError as exc:
-        raise Gpt1Error(
-            f"{path}: invalid UTF-8 at byte {offset + exc.start}; fix the file or pass --errors replace"
-        ) from None
+    return decode_utf8(raw, path, offset, errors)
 
 
 def _clean(text: str) -> str:
@@ -359,7 +405,11 @@ def _record_batch(batch: TextBatch, text: str) -> int:
     return n_bytes
 
 
-def _jsonl_batches(path: Path, errors: str) -> Iterator[TextBatch]:
+def _field_hint(text_field: str) -> str:
+    return "; name the text's field with --text-field" if text_field == TEXT_FIELD else ""
+
+
+def _jsonl_batches(path: Path, errors: str, text_field: str) -> Iterator[TextBatch]:
     batch, gathered = TextBatch(), 0
     offset = 0
     with _open_regular(path) as handle:
@@ -374,19 +424,24 @@ def _jsonl_batches(path: Path, errors: str) -> Iterator[TextBatch]:
                 record = parse_json(line, "it")
             except Gpt1Error as exc:  # also a 5000-digit number or nesting deep enough to exhaust the stack
                 reason = str(exc).removeprefix("it ").removeprefix("is ").replace("(line 1, column", "(column")
-                raise Gpt1Error(f"{path}:{number}: {reason}; each line must be a JSON object with a 'text' field") from None
-            if not isinstance(record, dict) or "text" not in record:
-                raise Gpt1Error(f"{path}:{number}: missing the 'text' field")
-            if not isinstance(record["text"], str):
-                raise Gpt1Error(f"{path}: line {number} has a 'text' that is not a string")
-            gathered += _record_batch(batch, record["text"])
+                raise Gpt1Error(f"{path}:{number}: {reason}; each line must be a JSON object with a "
+                                f"'{text_field}' field") from None
+            if not isinstance(record, dict):
+                raise Gpt1Error(f"{path}:{number}: expected a JSON object with a '{text_field}' field")
+            if text_field not in record:
+                raise Gpt1Error(f"{path}:{number}: missing the '{text_field}' field (its fields: {show_names(record)})"
+                                f"{_field_hint(text_field)}")
+            text = record[text_field]
+            if not isinstance(text, str):
+                raise Gpt1Error(f"{path}: line {number} has a '{text_field}' that is not a string")
+            gathered += _record_batch(batch, text)
             if gathered >= BATCH_BYTES:
                 yield batch
                 batch, gathered = TextBatch(), 0
     yield batch
 
 
-def _parquet_batches(path: Path) -> Iterator[TextBatch]:
+def _parquet_batches(path: Path, text_field: str) -> Iterator[TextBatch]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -395,18 +450,19 @@ def _parquet_batches(path: Path) -> Iterator[TextBatch]:
             parquet = pq.ParquetFile(handle)
         except (pa.ArrowException, OSError) as exc:
             raise Gpt1Error(f"{path}: not a readable Parquet file ({exc})") from None
-        if "text" not in parquet.schema_arrow.names:
-            raise Gpt1Error(f"{path}: no 'text' column (columns: {', '.join(parquet.schema_arrow.names)})")
+        names = parquet.schema_arrow.names
+        if text_field not in names:
+            raise Gpt1Error(f"{path}: no '{text_field}' column (columns: {show_names(names)}){_field_hint(text_field)}")
         row, gathered = 0, 0
         batch = TextBatch(input_bytes=os.fstat(handle.fileno()).st_size)
         try:
-            for record_batch in parquet.iter_batches(columns=["text"], batch_size=1024):
+            for record_batch in parquet.iter_batches(columns=[text_field], batch_size=1024):
                 for text in record_batch.column(0).to_pylist():
                     row += 1
                     if text is None:
                         continue
                     if not isinstance(text, str):
-                        raise Gpt1Error(f"{path}: row {row} has a 'text' that is not a string")
+                        raise Gpt1Error(f"{path}: row {row} has a '{text_field}' that is not a string")
                     gathered += _record_batch(batch, text)
                 if gathered >= BATCH_BYTES:
                     yield batch
@@ -416,36 +472,106 @@ def _parquet_batches(path: Path) -> Iterator[TextBatch]:
         yield batch
 
 
+def _arrow_batches(path: Path, text_field: str) -> Iterator[TextBatch]:
+    """An Arrow IPC file or stream, memory-mapped, one record batch at a time."""
+    with open_arrow(path) as source:
+        index = check_text_column(source.schema, text_field, path, _field_hint(text_field))
+        batch, gathered = TextBatch(), 0
+        for record_batch, size in source.batches():
+            batch.input_bytes += size
+            if record_batch is not None:
+                for text in record_batch.column(index).to_pylist():
+                    if text:
+                        gathered += _record_batch(batch, text)
+            if gathered >= BATCH_BYTES:
+                yield batch
+                batch, gathered = TextBatch(), 0
+        yield batch
+
+
+def _delimited_batches(path: Path, errors: str, text_field: str) -> Iterator[TextBatch]:
+    """A .tsv or .csv file with a header: one document per row, from the ``text_field`` column."""
+    with DelimitedReader(path, errors=errors) as reader:
+        if text_field not in reader.header:
+            raise Gpt1Error(f"{path}: no '{text_field}' column (columns: {show_names(reader.header)})"
+                            f"{_field_hint(text_field)}")
+        column = reader.header.index(text_field)
+        batch, gathered, reported = TextBatch(), 0, 0
+        for _, row in reader.rows():
+            gathered += _record_batch(batch, row[column])
+            if gathered >= BATCH_BYTES:
+                batch.input_bytes, reported = reader.consumed - reported, reader.consumed
+                yield batch
+                batch, gathered = TextBatch(), 0
+        batch.input_bytes = reader.consumed - reported
+        yield batch
+
+
 def check_errors_mode(errors: str) -> None:
     if errors not in ERROR_MODES:
         raise Gpt1Error(f"--errors must be strict or replace, not {errors!r}")
 
 
-def _file_batches(path: Path, errors: str) -> Iterator[TextBatch]:
+def check_columns(paths: list[Path], text_field: str = TEXT_FIELD, errors: str = "strict") -> None:
+    """Every columnar input (.parquet, .arrow, .tsv, .csv) has the text column, checked from its
+    schema or header alone; a .jsonl record is checked as it is read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for path in paths:
+        suffix = input_suffix(path)
+        try:
+            if suffix == ".arrow":
+                with open_arrow(path) as source:
+                    check_text_column(source.schema, text_field, path, _field_hint(text_field))
+            elif suffix in (".tsv", ".csv"):
+                with DelimitedReader(path, errors=errors) as reader:
+                    if text_field not in reader.header:
+                        raise Gpt1Error(f"{path}: no '{text_field}' column (columns: {show_names(reader.header)})"
+                                        f"{_field_hint(text_field)}")
+            elif suffix == ".parquet":
+                with _open_regular(path) as handle:
+                    names = pq.read_schema(handle).names
+                if text_field not in names:
+                    raise Gpt1Error(f"{path}: no '{text_field}' column (columns: {show_names(names)})"
+                                    f"{_field_hint(text_field)}")
+        except pa.ArrowException as exc:
+            raise Gpt1Error(f"{path}: not a readable Parquet file ({exc})") from None
+        except OSError as exc:
+            raise Gpt1Error(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _file_batches(path: Path, errors: str, text_field: str) -> Iterator[TextBatch]:
     try:
         suffix = input_suffix(path)
         if suffix == ".txt":
             yield from _TxtReader(path, errors).batches()
         elif suffix == ".jsonl":
-            yield from _jsonl_batches(path, errors)
+            yield from _jsonl_batches(path, errors, text_field)
+        elif suffix == ".arrow":
+            yield from _arrow_batches(path, text_field)
+        elif suffix in (".tsv", ".csv"):
+            yield from _delimited_batches(path, errors, text_field)
         else:
-            yield from _parquet_batches(path)
+            yield from _parquet_batches(path, text_field)
     except OSError as exc:
         raise Gpt1Error(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
-def iter_text_batches(paths: list[Path], errors: str = "strict", batch_bytes: int | None = None) -> Iterator[TextBatch]:
+def iter_text_batches(paths: list[Path], errors: str = "strict", batch_bytes: int | None = None,
+                      text_field: str = TEXT_FIELD) -> Iterator[TextBatch]:
     """The corpus as :class:`TextBatch` runs of about ``batch_bytes`` (default :data:`BATCH_BYTES`) of text.
 
     Small files share a batch; a document never spans two files, and the last batch closes the
-    last document.
+    last document. ``text_field`` is the field (column) holding a record's text (not used for .txt).
     """
     check_errors_mode(errors)
+    check_text_field(text_field)
     batch_bytes = batch_bytes or BATCH_BYTES
     gathered: TextBatch | None = None
     size = 0
     for path in paths:
-        for batch in _file_batches(path, errors):
+        for batch in _file_batches(path, errors, text_field):
             if gathered is None:
                 gathered = batch
             else:
@@ -458,10 +584,10 @@ def iter_text_batches(paths: list[Path], errors: str = "strict", batch_bytes: in
         yield gathered
 
 
-def iter_documents(paths: list[Path], errors: str = "strict") -> Iterator[Document]:
+def iter_documents(paths: list[Path], errors: str = "strict", text_field: str = TEXT_FIELD) -> Iterator[Document]:
     """Yield every non-empty document of every file in order (each held whole: for small corpora)."""
     lines: list[str] = []
-    for batch in iter_text_batches(paths, errors):
+    for batch in iter_text_batches(paths, errors, text_field=text_field):
         start = 0
         for end, n_bytes in zip(batch.ends, batch.doc_bytes):
             lines.extend(text for text in batch.texts[start:end] if text.strip())

@@ -21,7 +21,8 @@ from ..settings import check_settings, setting
 from ..signals import uninterrupted
 from ..tokenizer import load_tokenizer, tokenizer_filename
 from ..tokenizer.sentencepiece_bpe import MAX_SENTENCE_BYTES, MAX_VOCAB, check_vocab_size, train_sentencepiece
-from .corpus import TextBatch, check_errors_mode, expand_inputs, iter_text_batches, split_long_line
+from .corpus import (TEXT_FIELD, TextBatch, check_columns, check_errors_mode, check_text_field, expand_inputs,
+                     iter_text_batches, split_long_line)
 from .shards import (FORMAT, FORMAT_VERSION, HEX_DIGEST, MANIFEST, SHARD_NAME, TOKENIZER_FILE, ShardWriter,
                      check_tokens_per_shard, token_dtype)
 from .stream import EncodedBatch, EncodeTimer, encode_batches
@@ -86,6 +87,8 @@ class TokenizeConfig:
     seed: int = setting(0, "Seed of the train/validation split.", rule=_whole_number(**SEED))
     errors: str = setting("strict", "Invalid UTF-8: 'strict' stops with the file and byte offset, 'replace' "
                           "substitutes U+FFFD.", rule=_rule(check_errors_mode))
+    text_field: str = setting(TEXT_FIELD, "The field (.jsonl) or column (.parquet, .arrow, .tsv, .csv, datasets folders) "
+                              "that holds each record's text; .txt files have none.", rule=_rule(check_text_field))
     num_threads: int = setting(0, "Encoding threads (0: all cores).", flags=("--threads",),
                                rule=_whole_number(minimum=0, maximum=MAX_THREADS))
     max_train_sentences: int = setting(1_000_000, "Lines sampled to train the tokenizer (the trainer holds them in "
@@ -240,7 +243,7 @@ class Journal:
 
 
 def _run_settings(paths: list[Path], source, *, vocab_size: int, max_train_sentences: int, tokens_per_shard: int,
-                  val_fraction: float, seed: int, errors: str) -> dict:
+                  val_fraction: float, seed: int, errors: str, text_field: str = TEXT_FIELD) -> dict:
     """What a resumed run must share with the interrupted one: inputs as found on disk, and every setting."""
     inputs = []
     for path in paths:
@@ -248,8 +251,11 @@ def _run_settings(paths: list[Path], source, *, vocab_size: int, max_train_sente
         inputs.append([str(path), info.st_size, info.st_mtime_ns])
     made = ({"given": source.hash()} if source is not None
             else {"vocab_size": vocab_size, "max_train_sentences": max_train_sentences})
-    return {"inputs": inputs, "tokenizer": made, "tokens_per_shard": tokens_per_shard,
-            "val_fraction": float(val_fraction), "seed": seed, "errors": errors}
+    recorded = {"inputs": inputs, "tokenizer": made, "tokens_per_shard": tokens_per_shard,
+                "val_fraction": float(val_fraction), "seed": seed, "errors": errors}
+    if text_field != TEXT_FIELD:  # recorded only when named, so journals of earlier runs still resume
+        recorded["text_field"] = text_field
+    return recorded
 
 
 def _differences(before, now: dict) -> str:
@@ -280,6 +286,8 @@ def _differences(before, now: dict) -> str:
                         ("seed", "--seed"), ("errors", "--errors")):
         if before.get(key) != now[key]:
             notes.append(f"{option} was {before.get(key)}")
+    if before.get("text_field", TEXT_FIELD) != now.get("text_field", TEXT_FIELD):
+        notes.append(f"--text-field was {before.get('text_field', TEXT_FIELD)}")
     return ", ".join(notes) or "other settings"
 
 
@@ -308,8 +316,8 @@ def _clear_outputs(out_dir: Path, journal: Journal, keep: Path | None) -> None:
             path.unlink()
 
 
-def _training_sentences(paths: list[Path], errors: str) -> Iterator[str]:
-    for batch in iter_text_batches(paths, errors):
+def _training_sentences(paths: list[Path], errors: str, text_field: str = TEXT_FIELD) -> Iterator[str]:
+    for batch in iter_text_batches(paths, errors, text_field=text_field):
         for text in batch.texts:
             if text.strip():
                 yield from split_long_line(text, MAX_SENTENCE_BYTES)
@@ -400,13 +408,15 @@ def tokenize_corpus(inputs: list[str], out_dir: str | Path, *, show_progress: bo
     started = time.perf_counter()
     config = TokenizeConfig(**settings).check()
     paths = expand_inputs(inputs)
+    check_columns(paths, config.text_field, config.errors)  # a missing column stops the run before any training
     # Loading validates a tokenizer to reuse before anything is written.
     source = load_tokenizer(config.tokenizer) if config.tokenizer is not None else None
     out_dir = Path(out_dir)
     threads = config.num_threads or os.cpu_count() or 1
     run_settings = _run_settings(paths, source, vocab_size=config.vocab_size,
                                  max_train_sentences=config.max_train_sentences, tokens_per_shard=config.tokens_per_shard,
-                                 val_fraction=config.val_fraction, seed=config.seed, errors=config.errors)
+                                 val_fraction=config.val_fraction, seed=config.seed, errors=config.errors,
+                                 text_field=config.text_field)
     with exclusive_output(out_dir, "--out directory"):
         journal = Journal(out_dir, run_settings)
         with interrupt_leaves(f"no manifest written, {out_dir} is not usable yet; run the same command again"):
@@ -428,8 +438,9 @@ def tokenize_corpus(inputs: list[str], out_dir: str | Path, *, show_progress: bo
                 if source is None:
                     tokenizer_path = out_dir / TOKENIZER_FILE
                     with progress_bar("training tokenizer", None, enabled=show_progress):
-                        tok = train_sentencepiece(_training_sentences(paths, config.errors), tokenizer_path,
-                                                  config.vocab_size, max_sentences=config.max_train_sentences,
+                        sentences = _training_sentences(paths, config.errors, config.text_field)
+                        tok = train_sentencepiece(sentences, tokenizer_path, config.vocab_size,
+                                                  max_sentences=config.max_train_sentences,
                                                   num_threads=threads)
                 else:
                     tokenizer_path = source.save(out_dir / tokenizer_filename(source))
@@ -440,7 +451,8 @@ def tokenize_corpus(inputs: list[str], out_dir: str | Path, *, show_progress: bo
                 journal.save(0, writers)  # from here a re-run resumes, reusing the tokenizer
         try:
             splits, stats = _encode(paths, config.errors, tok, writers, journal, skip, seed=config.seed,
-                                    val_fraction=config.val_fraction, threads=threads, show_progress=show_progress)
+                                    val_fraction=config.val_fraction, threads=threads, show_progress=show_progress,
+                                    text_field=config.text_field)
             manifest = {
                 "format": FORMAT,
                 "version": FORMAT_VERSION,
@@ -521,7 +533,7 @@ def _prepare(out_dir: Path, journal: Journal, settings: dict, overwrite: bool, s
 
 
 def _encode(paths: list[Path], errors: str, tok, writers: dict, journal: Journal, skip: int, *, seed: int,
-            val_fraction: float, threads: int, show_progress: bool) -> tuple[dict, dict]:
+            val_fraction: float, threads: int, show_progress: bool, text_field: str = TEXT_FIELD) -> tuple[dict, dict]:
     """Encode the corpus into ``writers`` (after the ``skip`` documents done before): the splits and timings."""
     rng = np.random.default_rng(seed)
     rng.random(skip)  # the split draws of the documents already done
@@ -531,7 +543,7 @@ def _encode(paths: list[Path], errors: str, tok, writers: dict, journal: Journal
         journal.save(done + count, writers)
     timer = EncodeTimer()
     total_bytes = sum(p.stat().st_size for p in paths)
-    batches = _skip_documents(iter_text_batches(paths, errors), skip)
+    batches = _skip_documents(iter_text_batches(paths, errors, text_field=text_field), skip)
     with progress_bar("encoding", total_bytes, enabled=show_progress) as bar:
         for encoded in encode_batches(batches, tok, writers["train"].dtype, num_threads=threads, timer=timer):
             ended, carried, unsaved = _distribute(encoded, writers, rng, val_fraction, carried, unsaved, save)

@@ -6,10 +6,23 @@ A double-heads model's multiple-choice head (one linear layer on the classificat
 becomes our ``mcq`` task head. ``pytorch_model.bin`` is a pickle and is read only when asked
 (``allow_pickle``), with ``torch.load(weights_only=True)``.
 
+The tokenizer comes, in this order, from ``--tokenizer``, from the copy of ours an export leaves
+(``gpt1-tokenizer.*``), or from the folder's own files: for OpenAI GPT, ``vocab.json`` +
+``merges.txt`` (or the BPE inside ``tokenizer.json``) as the original GPT-1 BPE of
+:mod:`gpt1cli.tokenizer.openai_bpe`; for GPT-2, ``tokenizer.json`` (or the byte-level
+``vocab.json`` + ``merges.txt``) through the ``tokenizers`` library
+(:mod:`gpt1cli.tokenizer.hf_tokenizers`), its end-of-text token as our eos and our other special
+tokens appended. Embedding rows for appended special tokens start at the mean token embedding, so
+greedy generation is transformers' until fine-tuning.
+
 Export writes the LM-head class of the checkpoint's architecture, or the double-heads class for
 an ``mcq`` checkpoint, with the GELU, LayerNorm epsilon and dropouts of ours, so transformers
 computes the same function. Our own settings that transformers has no place for (the task and
-its label set) travel in ``config.json`` under ``"gpt1cli"`` and come back on import.
+its label set) travel in ``config.json`` under ``"gpt1cli"`` and come back on import. Beside the
+weights: ``tokenizer.json`` (ours as a ``tokenizers`` pipeline, :mod:`gpt1cli.tokenizer.to_tokenizers`)
+with ``tokenizer_config.json`` and ``special_tokens_map.json`` for ``AutoTokenizer``,
+``generation_config.json`` (greedy, stopping at our eos) and a ``README.md`` model card
+(:mod:`.model_card`). The folder and its files follow the umask.
 """
 
 from __future__ import annotations
@@ -29,7 +42,8 @@ from ..config import ModelConfig
 from ..errors import Gpt1Error
 from ..fileio import atomic_write_bytes, atomic_write_json, plain_name, read_json
 from ..tokenizer import load_tokenizer
-from ..tokenizer.openai_bpe import SPECIAL_TOKENS, UNKNOWN_ID
+from ..tokenizer.openai_bpe import ENCODER_NAMES, MERGES_NAMES, SPECIAL_TOKENS, WORD_END, OpenAIBPETokenizer
+from .model_card import model_card
 from .layout import (
     EMBEDDINGS, HF_BASE, HF_LM_HEAD, HF_MC_HEAD, OUR_HEAD, from_hf, hf_shapes, is_hf_buffer, to_hf,
 )
@@ -43,6 +57,11 @@ PICKLE = "pytorch_model.bin"
 PICKLE_INDEX = "pytorch_model.bin.index.json"
 OUR_KEY = "gpt1cli"  # our settings inside config.json
 OUR_TOKENIZER = "gpt1-tokenizer"  # + the tokenizer's own suffix: a copy of our tokenizer beside the export
+TOKENIZER_JSON = "tokenizer.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+SPECIAL_TOKENS_MAP = "special_tokens_map.json"
+GENERATION_CONFIG = "generation_config.json"
+MODEL_CARD = "README.md"
 
 MODEL_TYPES = {"openai-gpt": "gpt1", "gpt2": "gpt2"}
 HF_TYPE = {arch: model_type for model_type, arch in MODEL_TYPES.items()}
@@ -187,15 +206,87 @@ def _mc_head_problems(hf: dict, tensors: dict[str, torch.Tensor], d_model: int, 
             problems.add(f"{name} is {tuple(tensors[name].shape)} where {shape} fits (one score per choice)")
 
 
-def _resolve_tokenizer(folder: Path, spec: str | None):
-    if spec is None:
-        for suffix in (".json", ".model"):
-            if (folder / (OUR_TOKENIZER + suffix)).is_file():
-                return load_tokenizer(folder / (OUR_TOKENIZER + suffix))
-        hint = f" (this one has vocab.json + merges.txt: --tokenizer openai:{folder})" if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file() else ""
-        raise Gpt1Error(f"{folder} carries no tokenizer of ours: pass --tokenizer SPEC (a SentencePiece .model, "
-                        f"our tokenizer .json, or openai:DIR){hint}")
-    return load_tokenizer(spec)
+def _token_name(value) -> str | None:
+    """A special token as tokenizer_config.json / special_tokens_map.json write it: a string or {"content": ...}."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) and value else None
+
+
+def _named_specials(folder: Path, hf: dict) -> dict[str, str | None]:
+    """The eos and pad tokens the folder's tokenizer files name (None where they name none)."""
+    names: dict[str, str | None] = {"eos": None, "pad": None}
+    for file in (SPECIAL_TOKENS_MAP, TOKENIZER_CONFIG):  # the second wins
+        if (folder / file).is_file():
+            settings = read_json(folder / file, "tokenizer settings")
+            for name in names:
+                names[name] = _token_name(settings.get(f"{name}_token")) or names[name]
+    return names
+
+
+def _openai_from_tokenizer_json(path: Path) -> OpenAIBPETokenizer:
+    """The original GPT-1 BPE from a tokenizer.json holding it (a BPE model with ``</w>`` word ends)."""
+    from ..fileio import parse_json
+
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise Gpt1Error(f"cannot read the tokenizer {path}: {exc}") from None
+    model = parse_json(text, f"tokenizer {path}").get("model") if text.lstrip().startswith("{") else None
+    if not isinstance(model, dict) or model.get("type") != "BPE" or model.get("end_of_word_suffix") != WORD_END:
+        raise Gpt1Error(f"{path} does not hold the original GPT-1 BPE (a BPE model with {WORD_END} word ends): "
+                        "pass --tokenizer SPEC")
+    vocab, merges = model.get("vocab"), model.get("merges")
+    if not isinstance(vocab, dict) or not isinstance(merges, list):
+        raise Gpt1Error(f"{path}: the BPE model lacks its vocab or merges: the file is corrupt")
+    by_id = {}
+    for token, index in vocab.items():
+        if isinstance(index, int) and not isinstance(index, bool):
+            by_id.setdefault(index, token)
+    if sorted(by_id) != list(range(len(by_id))):
+        raise Gpt1Error(f"{path}: the BPE vocabulary's ids do not run from 0 without gaps: the file is corrupt")
+    pairs = []
+    for merge in merges:
+        pair = merge.split(" ") if isinstance(merge, str) else merge
+        if not isinstance(pair, list) or len(pair) != 2 or not all(isinstance(p, str) for p in pair):
+            raise Gpt1Error(f"{path}: merge {merge!r} is not a pair of symbols: the file is corrupt")
+        pairs.append(tuple(pair))
+    vocab_list = [by_id[i] for i in range(len(by_id))]
+    names = list(SPECIAL_TOKENS.values())
+    if vocab_list[-len(names):] == names:
+        vocab_list = vocab_list[: -len(names)]
+    return OpenAIBPETokenizer(vocab_list, pairs)
+
+
+def _resolve_tokenizer(folder: Path, spec: str | None, model_type: str, hf: dict):
+    """The tokenizer to import with: --tokenizer, else our copy beside an export of ours, else the
+    folder's own (the original GPT-1 BPE for openai-gpt, a tokenizers tokenizer for gpt2)."""
+    if spec is not None:
+        return load_tokenizer(spec)
+    for suffix in (".json", ".model"):
+        if (folder / (OUR_TOKENIZER + suffix)).is_file():
+            return load_tokenizer(folder / (OUR_TOKENIZER + suffix))
+    has = lambda *names: any((folder / name).is_file() for name in names)  # noqa: E731
+    pair = has(*ENCODER_NAMES) and has(*MERGES_NAMES)
+    if MODEL_TYPES[model_type] == "gpt1":
+        if pair:
+            return OpenAIBPETokenizer.from_release_dir(folder)
+        if has(TOKENIZER_JSON):
+            return _openai_from_tokenizer_json(folder / TOKENIZER_JSON)
+    else:
+        from ..tokenizer.hf_tokenizers import HFTokenizer, byte_level_bpe
+
+        names = _named_specials(folder, hf)
+        if has(TOKENIZER_JSON):
+            return HFTokenizer.from_tokenizers_file(folder / TOKENIZER_JSON, **names)
+        if pair:
+            settings = read_json(folder / TOKENIZER_CONFIG, "tokenizer settings") if has(TOKENIZER_CONFIG) else {}
+            return HFTokenizer.from_backend(byte_level_bpe(folder / "vocab.json", folder / "merges.txt",
+                                                           add_prefix_space=bool(settings.get("add_prefix_space", False)),
+                                                           specials=[t for t in names.values() if t]), **names)
+    raise Gpt1Error(f"{folder} carries no tokenizer: expected {TOKENIZER_JSON}, or vocab.json + merges.txt, or our "
+                    f"{OUR_TOKENIZER}.json / .model; pass --tokenizer SPEC (a SentencePiece .model, a tokenizer .json, "
+                    "or openai:DIR)")
 
 
 def _default_task() -> dict:
@@ -218,7 +309,7 @@ def import_hf(folder: str | Path, out: str | Path, *, tokenizer: str | None = No
         model_type = hf["model_type"] = HF_TYPE[arch]
     if model_type not in MODEL_TYPES:
         raise Gpt1Error(f"{folder / CONFIG}: model_type {model_type!r} is neither openai-gpt nor gpt2")
-    tok = _resolve_tokenizer(folder, tokenizer)
+    tok = _resolve_tokenizer(folder, tokenizer, model_type, hf)
     raw, weights_file = read_hf_weights(folder, allow_pickle=allow_pickle)
     problems = Problems(f"{folder} ({weights_file})")
     if arch is not None and MODEL_TYPES[model_type] != arch:
@@ -244,7 +335,7 @@ def import_hf(folder: str | Path, out: str | Path, *, tokenizer: str | None = No
         problems.add(f"{HF_LM_HEAD} differs from the token embedding: our output layer is tied to it")
     elif lm_head is None and not _setting(hf, "tie_word_embeddings"):
         problems.add(f"tie_word_embeddings is false and there is no {HF_LM_HEAD}: our output layer is the token embedding")
-    embedding, added = fit_embedding(emb, tok, problems, seed=seed, source="the model")
+    embedding, added = fit_embedding(emb, tok, problems, seed=seed, source="the model", init="mean")
     config = _our_config(hf, arch, emb.shape[0], problems)
     if config is not None:
         config = _restore_our_settings(hf, config, problems)
@@ -284,11 +375,12 @@ def import_hf(folder: str | Path, out: str | Path, *, tokenizer: str | None = No
     if float(_setting(hf, "embd_pdrop")) != float(_setting(hf, "resid_pdrop")):
         notes.append(f"embd_pdrop {_setting(hf, 'embd_pdrop')} differs from resid_pdrop; our one dropout takes resid_pdrop")
     if added:
-        notes.append(f"{added} token rows added for special tokens (N(0, 0.02), seed {seed})")
+        notes.append(f"{added} token rows added for special tokens, each the mean of the model's token embeddings "
+                     "(so generation never prefers one before fine-tuning)")
     meta = {"kind": "import", "task": task,
             "source": {"format": "transformers", "path": str(folder), "model_type": model_type,
                        "architectures": hf.get("architectures"), "weights": weights_file,
-                       "special_rows_added": added, "seed": seed}}
+                       "special_rows_added": added, "special_rows_init": "mean"}}
     checkpoint = write_run(out, config=config, state=state, tokenizer=tok, meta=meta)
     return ImportSummary(checkpoint, config, added, task["name"] if task else None, notes)
 
@@ -336,29 +428,64 @@ def _hf_config(config: ModelConfig, tokenizer, task: dict | None) -> dict:
     return hf
 
 
-def _openai_tokenizer_files(tokenizer, n_ctx: int) -> dict[str, bytes]:
-    """vocab.json + merges.txt + tokenizer_config.json for transformers' OpenAIGPTTokenizer."""
-    vocab = tokenizer.encoder()
-    vocab.setdefault("<unk>", UNKNOWN_ID)  # transformers needs an unknown token; the original used id 0
-    merges = "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in tokenizer.merges)
-    names = SPECIAL_TOKENS
+def _special_token_names(tokenizer) -> dict[str, str]:
+    """Our special tokens by role, as the tokenizer spells them."""
+    if tokenizer.kind == "openai-bpe":
+        return dict(SPECIAL_TOKENS)
+    if tokenizer.kind == "sentencepiece":
+        from ..tokenizer.sentencepiece_bpe import DELIM, EOS, EXTRACT, PAD, START
+
+        return {"pad": PAD, "eos": EOS, "start": START, "delim": DELIM, "extract": EXTRACT}
+    return {name: tokenizer.id_to_token(index) for name, index in tokenizer.specials.items()}
+
+
+def _tokenizer_files(tokenizer, n_ctx: int) -> tuple[dict[str, bytes], list[str]]:
+    """tokenizer.json (+ tokenizer_config.json, special_tokens_map.json) for transformers'
+    ``AutoTokenizer``, and for the original GPT-1 BPE also vocab.json + merges.txt (the release's
+    two files under transformers' names). Returns the files and notes."""
+    from ..tokenizer.hf_tokenizers import require_tokenizers
+    from ..tokenizer.to_tokenizers import to_tokenizers
+
+    files: dict[str, bytes] = {}
+    if tokenizer.kind == "openai-bpe":
+        vocab = tokenizer.encoder()
+        files["vocab.json"] = json.dumps(vocab, ensure_ascii=False).encode("utf-8")
+        files["merges.txt"] = ("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in tokenizer.merges)).encode("utf-8")
+    try:
+        require_tokenizers("writing tokenizer.json")
+    except Gpt1Error:
+        return files, ["the tokenizers package is not installed: no tokenizer.json was written, so AutoTokenizer "
+                       "cannot load this folder (pip install tokenizers, then export again)"]
+    backend, notes = to_tokenizers(tokenizer)
+    names = _special_token_names(tokenizer)
+    special = {"pad_token": names["pad"], "eos_token": names["eos"],
+               "additional_special_tokens": [names["start"], names["delim"], names["extract"]]}
     settings = {
-        "tokenizer_class": "OpenAIGPTTokenizer",
+        "tokenizer_class": "PreTrainedTokenizerFast",
         "model_max_length": n_ctx,
-        "unk_token": "<unk>",
-        "pad_token": names["pad"],
-        "eos_token": names["eos"],
-        "additional_special_tokens": [names["start"], names["delim"], names["extract"]],
+        **special,
+        # Ours never turn text into special tokens, nor tidy spaces when decoding.
+        "split_special_tokens": True,
+        "clean_up_tokenization_spaces": False,
+        "add_bos_token": False,
+        "add_eos_token": False,
     }
-    return {
-        "vocab.json": json.dumps(vocab, ensure_ascii=False).encode("utf-8"),
-        "merges.txt": merges.encode("utf-8"),
-        "tokenizer_config.json": (json.dumps(settings, indent=2) + "\n").encode("utf-8"),
-    }
+    files[TOKENIZER_JSON] = backend.to_str(pretty=True).encode("utf-8")
+    files[TOKENIZER_CONFIG] = (json.dumps(settings, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    files[SPECIAL_TOKENS_MAP] = (json.dumps(special, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    return files, notes
 
 
-def export_hf(ckpt: str | Path, out: str | Path, *, drop_head: bool = False) -> ExportSummary:
-    """Write checkpoint ``ckpt`` as a transformers directory ``out`` (checked first, written last)."""
+def _generation_config(tokenizer) -> dict:
+    """Greedy decoding that stops at our end-of-text token, as `gpt1 generate --temperature 0`."""
+    return {"bos_token_id": tokenizer.eos_id, "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id,
+            "do_sample": False}
+
+
+def export_hf(ckpt: str | Path, out: str | Path, *, drop_head: bool = False, command: str | None = None) -> ExportSummary:
+    """Write checkpoint ``ckpt`` as a transformers directory ``out`` (checked first, written last):
+    weights, config.json, generation_config.json, the tokenizer (tokenizer.json and its settings,
+    our own copy) and a README.md model card. ``command``: the command line the card names."""
     out = Path(out)
     check_empty_target(out)
     checkpoint = load_checkpoint(ckpt)
@@ -395,18 +522,20 @@ def export_hf(ckpt: str | Path, out: str | Path, *, drop_head: bool = False) -> 
     if mcq_task is not None:
         tensors[HF_MC_HEAD[0]], tensors[HF_MC_HEAD[1]] = state[OUR_HEAD[0]].contiguous(), state[OUR_HEAD[1]].contiguous()
     hf = _hf_config(config, tokenizer, mcq_task)
-    extra = _openai_tokenizer_files(tokenizer, config.n_ctx) if tokenizer.kind == "openai-bpe" else {}
-    notes = []
-    if not extra:
-        notes.append(f"transformers has no reader for a {tokenizer.kind} tokenizer: it is copied as "
-                     f"{OUR_TOKENIZER}{tokenizer.file_suffix} for `gpt1 convert --from-hf`")
+    extra, notes = _tokenizer_files(tokenizer, config.n_ctx)
     if task and mcq_task is None:
         notes.append(f"the {task.get('name')} head was dropped (--drop-head)")
+    parameters = sum(t.numel() for t in tensors.values())
+    command = command or f"gpt1 convert --to-hf {out} --ckpt {ckpt}" + (" --drop-head" if drop_head else "")
+    extra[MODEL_CARD] = model_card(checkpoint=checkpoint, config=config, tokenizer=tokenizer,
+                                   architecture=hf["architectures"][0], parameters=parameters, command=command,
+                                   task=task, notes=notes).encode("utf-8")
 
     with staged_directory(out) as staging:
         save_file({k: v.detach().to(torch.float32).contiguous() for k, v in tensors.items()}, str(staging / SAFETENSORS),
                   metadata={"format": "pt"})
         atomic_write_json(staging / CONFIG, hf)
+        atomic_write_json(staging / GENERATION_CONFIG, _generation_config(tokenizer))
         for name, data in extra.items():
             atomic_write_bytes(staging / name, data)
         shutil.copyfile(checkpoint.tokenizer_path, staging / (OUR_TOKENIZER + tokenizer.file_suffix))

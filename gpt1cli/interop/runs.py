@@ -19,6 +19,7 @@ import torch
 from ..checkpoint import save_checkpoint
 from ..config import ModelConfig
 from ..errors import Gpt1Error
+from ..fileio import follow_umask
 from .layout import our_shapes
 from .problems import Problems
 
@@ -42,10 +43,16 @@ def check_empty_target(out: Path) -> None:
         raise Gpt1Error(f"{out} already exists and is not empty: choose another --out")
 
 
-def fit_embedding(emb: torch.Tensor, tokenizer, problems: Problems, *, seed: int, source: str) -> tuple[torch.Tensor, int]:
-    """The token embedding sized to ``tokenizer``: rows for missing special tokens are appended
-    (N(0, 0.02), seeded); fewer rows than the ordinary vocabulary, or more than the tokenizer has
-    ids, is a problem. Returns the embedding and the number of rows added."""
+def fit_embedding(emb: torch.Tensor, tokenizer, problems: Problems, *, seed: int, source: str,
+                  init: str = "normal") -> tuple[torch.Tensor, int]:
+    """The token embedding sized to ``tokenizer``: rows for missing special tokens are appended;
+    fewer rows than the ordinary vocabulary, or more than the tokenizer has ids, is a problem.
+    Returns the embedding and the number of rows added.
+
+    ``init`` "normal": N(0, 0.02), seeded (the original fine-tuning code's rows). "mean": each new
+    row is the mean of the existing rows (as transformers' ``resize_token_embeddings`` starts
+    them): with the output layer tied to the embedding, a new token's logit is then the mean of
+    the others', never the largest, so greedy generation is unchanged until fine-tuning moves it."""
     rows = emb.shape[0]
     base = int(getattr(tokenizer, "base_vocab_size", tokenizer.vocab_size))
     needed = int(tokenizer.vocab_size)
@@ -59,9 +66,12 @@ def fit_embedding(emb: torch.Tensor, tokenizer, problems: Problems, *, seed: int
         return emb, 0
     added = needed - rows
     if added:
-        generator = torch.Generator().manual_seed(seed)
-        extra = torch.randn(added, emb.shape[1], generator=generator, dtype=torch.float32) * INIT_STD
-        emb = torch.cat([emb.to(torch.float32), extra], dim=0)
+        if init == "mean":
+            extra = emb.to(torch.float64).mean(dim=0, keepdim=True).to(torch.float32).expand(added, -1)
+        else:
+            generator = torch.Generator().manual_seed(seed)
+            extra = torch.randn(added, emb.shape[1], generator=generator, dtype=torch.float32) * INIT_STD
+        emb = torch.cat([emb.to(torch.float32), extra], dim=0).contiguous()
     return emb, added
 
 
@@ -79,7 +89,10 @@ def check_against_model(state: dict[str, torch.Tensor], config: ModelConfig, pro
 
 @contextlib.contextmanager
 def staged_directory(out: Path) -> Iterator[Path]:
-    """A temporary folder beside ``out``, renamed to ``out`` only if the block succeeds (else removed)."""
+    """A temporary folder beside ``out``, renamed to ``out`` only if the block succeeds (else removed).
+
+    The folder and every file in it get the modes the umask gives (``mkdtemp`` makes 0700, and
+    some writers 0600 files) before the rename."""
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
@@ -87,6 +100,9 @@ def staged_directory(out: Path) -> Iterator[Path]:
         raise Gpt1Error(f"cannot write {out}: {exc.strerror or exc}") from None
     try:
         yield staging
+        for path in staging.rglob("*"):
+            follow_umask(path)
+        follow_umask(staging)
         os.replace(staging, out)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)

@@ -19,6 +19,7 @@ query that does not fit even alone loses tokens from its left (counted as ``trun
 
 from __future__ import annotations
 
+import bisect
 import random
 import string
 from dataclasses import dataclass
@@ -31,10 +32,15 @@ from ..errors import Gpt1Error
 from ..fileio import parse_json
 from ..model.gpt import KVCache
 from ..model.loading import model_from_checkpoint
+from ..progress import progress_bar
 from ..runtime import autocast, step_seed
 from ..tokenizer import load_tokenizer
 from .data import FIELDS, TASKS, Example, label_set, label_text, load_examples
+from .head_eval import baselines, standard_error
+from .inference import check_batch_size
 from .label_metrics import classification_report
+
+BATCH_SIZE = 16  # scored sequences (a prompt and one candidate) per forward pass unless told
 
 DEFAULT_TEMPLATES = {
     "classify": "{text}\nAnswer: {answer}",
@@ -268,6 +274,41 @@ def score_candidates(model, context: list[int], candidates: list[list[int]], dev
     return [total / len(c) for total, c in zip(totals, candidates)]
 
 
+@torch.no_grad()
+def score_batched(model, items: list[tuple[list[int], list[int]]], device, pad_id: int = 0,
+                  batch_size: int = BATCH_SIZE, progress=None) -> list[float]:
+    """Mean log-probability of each ``(context, candidate)``'s candidate tokens after its context,
+    as :func:`score_candidates` gives it: each context + candidate is one right-padded row (causal
+    attention keeps the pads after it out of its scores), ``batch_size`` rows per forward pass.
+    ``progress`` is called with the number of rows of each batch done."""
+    check_batch_size(batch_size)
+    scores = []
+    for start in range(0, len(items), batch_size):
+        group = items[start : start + batch_size]
+        width = max(len(context) + len(candidate) - 1 for context, candidate in group)
+        tokens = torch.full((len(group), width), pad_id, dtype=torch.long)
+        rows, positions, targets, owner = [], [], [], []
+        for row, (context, candidate) in enumerate(group):
+            if not context:
+                raise ValueError("an empty context")
+            sequence = list(context) + list(candidate)
+            tokens[row, : len(sequence) - 1] = torch.tensor(sequence[:-1], dtype=torch.long)
+            for j, token in enumerate(candidate):
+                rows.append(row)
+                positions.append(len(context) - 1 + j)
+                targets.append(token)
+        with autocast(device):
+            hidden = model(tokens.to(device))
+            picked = hidden[torch.tensor(rows, device=device), torch.tensor(positions, device=device)]
+            logprobs = torch.log_softmax(model.logits(picked).float(), dim=-1)
+        values = logprobs[torch.arange(len(targets), device=device), torch.tensor(targets, device=device)]
+        totals = torch.zeros(len(group), dtype=torch.float64).index_add_(0, torch.tensor(rows), values.double().cpu())
+        scores.extend(float(totals[row]) / len(candidate) for row, (_, candidate) in enumerate(group))
+        if progress is not None:
+            progress(len(group))
+    return scores
+
+
 def draw_shots(pool_size: int, k: int, query: int, seed: int, exclude: int | None = None) -> list[int]:
     """``k`` pool indices for query number ``query``, drawn from (seed, query), never ``exclude``
     (the query itself when the pool is the query's own file). Draws for different k are nested:
@@ -281,8 +322,12 @@ def draw_shots(pool_size: int, k: int, query: int, seed: int, exclude: int | Non
 
 def fewshot_eval(ckpt: str | Path, task: str, data: str | Path, device, *, shots: list[int],
                  shots_from: str | Path | None = None, template: str | None = None, verbalizer: str | None = None,
-                 seed: int = 0) -> dict:
-    """Zero-, one- and few-shot accuracy of a language model on a labelled task file, one row per K."""
+                 seed: int = 0, batch_size: int = BATCH_SIZE, show_progress: bool = False, fields=None) -> dict:
+    """Zero-, one- and few-shot accuracy of a language model on a labelled task file, one row per K
+    (each with its accuracy's standard error), and the chance baselines. ``batch_size`` scored
+    sequences go through the model at a time; ``fields`` maps the task's fields onto the columns
+    of ``data`` and ``shots_from`` (``--field NAME=COLUMN``)."""
+    check_batch_size(batch_size)
     if task not in TASKS:
         raise Gpt1Error(f"unknown task {task!r} for --shots; choose one of {', '.join(TASKS)}")
     if not shots:
@@ -291,8 +336,8 @@ def fewshot_eval(ckpt: str | Path, task: str, data: str | Path, device, *, shots
     model, checkpoint = model_from_checkpoint(ckpt, device)
     tokenizer = load_tokenizer(checkpoint.tokenizer_path)
     n_ctx = checkpoint.config.n_ctx
-    examples = load_examples(data, task)
-    pool = load_examples(shots_from, task) if shots_from is not None else examples
+    examples = load_examples(data, task, fields=fields)
+    pool = load_examples(shots_from, task, fields=fields) if shots_from is not None else examples
     mapping = parse_verbalizer(verbalizer)
     labels = None if task == "mcq" else label_set(pool + examples if shots_from is not None else examples)
     fs = FewShotTask(task, tokenizer, template, mapping, labels)
@@ -315,37 +360,61 @@ def fewshot_eval(ckpt: str | Path, task: str, data: str | Path, device, *, shots
     truth = [fs.gold(e) for e in examples]
     rows = []
     example_prompt = None
-    for k in shots:
-        preds, used, truncated = [], [], 0
+    plans = []  # per K: the scored pairs, where each query's pairs end, shots used, truncated queries
+    for k in shots:  # every prompt is built (and any problem reported) before the model runs
+        items, ends, used, truncated = [], [], [], 0
         for index, example in enumerate(examples):
             picks = draw_shots(len(pool), k, index, seed, exclude=None if shots_from is not None else index)
             shot_examples = [pool[i] for i in picks]
             prompt = fs.prompt(shot_examples, example, n_ctx)
             context = prompt.tokens or [tokenizer.eos_id]
-            scores = score_candidates(model, context, fs.candidates(example), device, tokenizer.pad_id)
-            preds.append(max(range(len(scores)), key=scores.__getitem__))
+            items.extend((context, candidate) for candidate in fs.candidates(example))
+            ends.append(len(items))
             used.append(prompt.shots)
             truncated += prompt.truncated
             if index == 0 and k == largest:
                 example_prompt = fs.prompt_text(shot_examples[: prompt.shots], example)
-        report = classification_report(truth, preds, n_classes)
-        rows.append({"shots": k, "accuracy": report["accuracy"], "macro_f1": report["macro_f1"], "mcc": report["mcc"],
-                     "examples": report["examples"], "shots_used_mean": sum(used) / len(used),
-                     "shots_used_min": min(used), "shots_used_max": max(used),
-                     "fewer_shots": sum(u < k for u in used), "truncated_queries": truncated,
-                     "confusion": report["confusion"]})
-    return {"task": task, "mode": "few-shot", "chance": 1.0 / n_classes, "n_ctx": n_ctx, "seed": seed,
+        plans.append((k, items, ends, used, truncated))
+    with progress_bar("scoring answers", len(shots) * len(examples), enabled=show_progress, count=True) as bar:
+        for k, items, ends, used, truncated in plans:
+            done = {"rows": 0, "queries": 0}
+
+            def scored(count: int) -> None:
+                done["rows"] += count
+                queries = bisect.bisect_right(ends, done["rows"])
+                bar.advance(queries - done["queries"])
+                done["queries"] = queries
+
+            scores = score_batched(model, items, device, tokenizer.pad_id, batch_size, progress=scored)
+            preds = []
+            for index, end in enumerate(ends):
+                mine = scores[(ends[index - 1] if index else 0) : end]
+                preds.append(max(range(len(mine)), key=mine.__getitem__))
+            report = classification_report(truth, preds, n_classes)
+            rows.append({"shots": k, "accuracy": report["accuracy"],
+                         "accuracy_stderr": standard_error(report["accuracy"], report["examples"]),
+                         "macro_f1": report["macro_f1"], "mcc": report["mcc"],
+                         "examples": report["examples"], "shots_used_mean": sum(used) / len(used),
+                         "shots_used_min": min(used), "shots_used_max": max(used),
+                         "fewer_shots": sum(u < k for u in used), "truncated_queries": truncated,
+                         "confusion": report["confusion"]})
+    labels = fs.labels if fs.labels is not None else list(range(n_classes))
+    chance = baselines(truth, n_classes, labels)
+    return {"task": task, "mode": "few-shot", **chance, "n_ctx": n_ctx, "seed": seed,
             "template": fs.template.text, "answers": fs.words if fs.words is not None else "the choices",
-            "labels": fs.labels if fs.labels is not None else list(range(n_classes)),
+            "labels": labels,
             "shots_from": str(shots_from) if shots_from is not None else "the query's file, without the query",
             "results": rows, "example_prompt": example_prompt}
 
 
-def zero_shot_mcq(ckpt: str | Path, data: str | Path, device) -> dict:
+def zero_shot_mcq(ckpt: str | Path, data: str | Path, device, *, batch_size: int = BATCH_SIZE,
+                  show_progress: bool = False, fields=None) -> dict:
     """Multiple choice with no head and no solved examples: the K=0 row of :func:`fewshot_eval`,
     reported as one classification report."""
-    result = fewshot_eval(ckpt, "mcq", data, device, shots=[0])
+    result = fewshot_eval(ckpt, "mcq", data, device, shots=[0], batch_size=batch_size, show_progress=show_progress,
+                          fields=fields)
     row = result["results"][0]
-    report = {key: row[key] for key in ("accuracy", "macro_f1", "mcc", "confusion", "examples")}
-    report.update(task="mcq", mode="zero-shot", chance=result["chance"])
+    report = {key: row[key] for key in ("accuracy", "accuracy_stderr", "macro_f1", "mcc", "confusion", "examples")}
+    report.update(task="mcq", mode="zero-shot", chance=result["chance"], majority=result["majority"],
+                  majority_label=result["majority_label"])
     return report

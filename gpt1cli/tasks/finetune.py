@@ -10,14 +10,15 @@ import torch
 import torch.nn.functional as F
 
 from ..checks import number
+from ..data.tables import TRAIN_SPLITS, VALIDATION_SPLITS
 from ..errors import Gpt1Error
 from ..model import ops
 from ..model.gpt import GPT
 from ..runtime import autocast, seed_everything
-from ..settings import setting
+from ..settings import one_of, setting
 from ..tokenizer import load_tokenizer
 from ..train.distributed import World, all_reduce_mean
-from .data import TASKS, label_set, load_examples
+from .data import ALL_TASKS, GENERATE, TASKS, fields_setting, label_set, load_examples, parse_fields
 from .label_metrics import classification_report, regression_report
 from .heads import TaskModel
 from .inference import batches, encode_examples, infer, label_indices, module_state, predictions, task_state
@@ -31,25 +32,35 @@ class FinetuneConfig(FinetuneSettings):
     """A fine-tuning run of a task with a head (``metric`` defaults to accuracy, or pearson with
     ``regression``)."""
 
-    # The command line also takes generate here (the generate task's config), so TASKS is checked in check().
+    # The command line also takes generate here (it runs the generate task's config), so the rule
+    # lists every task and check() refuses generate.
     task: str = setting(help="classify, entail, similar, mcq, or generate (prompt/completion pairs, no head). Required, "
-                        "except with --resume.", show_default="none", resume_fills=True)
+                        "except with --resume.", rule=one_of(ALL_TASKS, "task"), show_default="none", resume_fills=True)
     regression: bool = setting(False, "similar only: a numeric target with MSE loss (as STS-B).", flags=("--regression",))
     lm_coef: float = setting(0.5, "lambda of the auxiliary LM loss L1 (0 turns it off).", rule=number(minimum=0))
     head_dropout: float = setting(0.1, "Dropout before the linear head (0 to below 1).", rule=number(minimum=0, below=1))
+    fields: list[str] | None = setting(
+        None, "Read a task field from a column of another name, NAME=COLUMN, repeatable: --field premise=sentence1 "
+        "--field label=gold_label. Names: classify text; entail premise, hypothesis; similar a, b; mcq context, "
+        "choices (one list column, or several text columns: choices=end0,end1); every task label. Applies to "
+        "--train and --val.", flags=("--field",), rule=fields_setting, show_default="each field from its own column")
 
     def check(self) -> "FinetuneConfig":
-        if self.task not in TASKS:
-            raise Gpt1Error(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
+        if self.task == GENERATE:
+            raise Gpt1Error("the generate task has no head: fine-tune it with GenerativeConfig and finetune_generate "
+                            "(gpt1 finetune --task generate does)")
+        check_settings(self)
+        if self.task not in TASKS:  # a config built without the rule's check (check_settings passes None on)
+            raise Gpt1Error(f"unknown task {self.task!r}; choose one of {', '.join(ALL_TASKS)}")
         if self.regression and self.task != "similar":
             raise Gpt1Error("--regression applies to the similar task only")
-        check_settings(self)
+        parse_fields(self.fields, self.task)  # every NAME is one of the task's fields
         metric = self.metric or ("pearson" if self.regression else "accuracy")
         if metric not in METRICS:
-            raise Gpt1Error(f"--metric must be one of {', '.join(METRICS)}")
+            raise Gpt1Error(f"--metric must be one of {', '.join(METRICS)}, not {self.metric!r}")
         if self.regression != (metric in ("pearson", "spearman")):
             raise Gpt1Error(f"--metric {metric} does not fit a {'regression' if self.regression else 'classification'} task")
-        return dataclasses.replace(self, metric=metric)
+        return dataclasses.replace(self, metric=metric, fields=fields_setting(self.fields, "--field"))
 
 
 def finetune(config: FinetuneConfig, *, show_progress: bool = True, say=None) -> dict:
@@ -64,8 +75,11 @@ def finetune(config: FinetuneConfig, *, show_progress: bool = True, say=None) ->
 
 
 def _finetune(config: FinetuneConfig, world: World, device: torch.device, show_progress: bool, say) -> dict:
-    train_examples = load_examples(config.train, config.task, regression=config.regression)
-    val_examples = load_examples(config.val, config.task, regression=config.regression)
+    # A DatasetDict folder gives its train split to --train and its validation split to --val.
+    train_examples = load_examples(config.train, config.task, regression=config.regression, fields=config.fields,
+                                   splits=TRAIN_SPLITS)
+    val_examples = load_examples(config.val, config.task, regression=config.regression, fields=config.fields,
+                                 splits=VALIDATION_SPLITS)
     labels = [] if config.task == "mcq" or config.regression else label_set(train_examples)
     if config.task == "mcq":
         n_choices = len(train_examples[0].fields["choices"])
@@ -97,6 +111,8 @@ def _finetune(config: FinetuneConfig, world: World, device: torch.device, show_p
     val_encoded = encode_examples(val_examples, config.task, tokenizer, n_ctx)
     task_info = {"name": config.task, "labels": labels, "regression": config.regression, "n_outputs": n_outputs,
                  "n_choices": n_choices, "metric": config.metric, "lm_coef": config.lm_coef, "init": config.init}
+    if config.fields:  # eval and predict read other files of the task through the same mapping by default
+        task_info["fields"] = config.fields
     loop = FinetuneLoop(config, start, "classifier", task_info, world, device, model, len(encoded),
                         logged=dict(labels=labels, train_examples=len(encoded), val_examples=len(val_encoded)),
                         rename=task_state, show_progress=show_progress and world.is_main)

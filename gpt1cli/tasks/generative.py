@@ -225,7 +225,7 @@ def _finetune(config: GenerativeConfig, world: World, device: torch.device, show
         inputs, targets = collate_pairs([encoded[i] for i in mine], tokenizer.pad_id, config.loss_on_prompt)
         # The global token count, so every rank's sum weighs as a share of the global mean.
         global_tokens = sum(_target_count(encoded[i], config.loss_on_prompt) for i in batch_ids)
-        with autocast(device):
+        with trainer.autocast():  # the run's --precision
             loss_sum = trainer.wrapped(inputs.to(device), targets=targets.to(device), reduction="sum")
         loss_value = all_reduce_mean(float(loss_sum.detach()) * world.world_size / global_tokens, world, device)
         # DDP averages gradients over ranks; scaling by world / global tokens makes that the global mean.

@@ -4,6 +4,7 @@ fine-tuned head loaded from its checkpoint (shared by fine-tuning, evaluation an
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -53,19 +54,32 @@ def batches(encoded, targets, pad_id: int, batch_size: int, regression: bool, or
 
 
 @torch.no_grad()
-def infer(model: TaskModel, encoded, pad_id: int, device, batch_size: int = 32, regression: bool = False) -> torch.Tensor:
-    """Task logits (or regression outputs) for every example, in order."""
+def infer(model: TaskModel, encoded, pad_id: int, device, batch_size: int = 32, regression: bool = False,
+          progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Task logits (or regression outputs) for every example, in order; ``progress`` is called with
+    the number of examples of each batch done. Right padding and causal attention make every
+    example's outputs independent of the batch it is in."""
+    check_batch_size(batch_size)
     was_training = model.training
     model.eval()
     outputs = []
     try:
-        for _, batch in batches(encoded, None, pad_id, batch_size, regression):
+        for ids, batch in batches(encoded, None, pad_id, batch_size, regression):
             with autocast(device):
                 logits, _ = model(batch.to(device))
             outputs.append(logits.float().cpu())
+            if progress is not None:
+                progress(len(ids))
     finally:
         model.train(was_training)
     return torch.cat(outputs)
+
+
+def check_batch_size(batch_size) -> int:
+    """Examples (or sequences) per forward pass: a whole number >= 1."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise Gpt1Error(f"--batch-size must be a whole number >= 1, got {batch_size!r}")
+    return batch_size
 
 
 def task_state(model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -86,3 +86,11 @@ def regression_report(truth: list[float], pred: list[float]) -> dict:
         "mse": float(((t - p) ** 2).mean()) if len(t) else float("nan"),
         "examples": int(len(t)),
     }
+
+
+def class_f1(matrix: np.ndarray, positive: int) -> float:
+    """F1 of one class (the paper's F1 for MRPC and QQP: of the positive class), 0 if undefined."""
+    matrix = np.asarray(matrix)
+    tp = float(matrix[positive, positive])
+    denom = float(matrix[positive, :].sum() + matrix[:, positive].sum())
+    return 2 * tp / denom if denom else 0.0

@@ -13,11 +13,14 @@ import contextlib
 import json
 import os
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, TextIO
 
+from .. import __version__
+from ..checkpoint import META, resolve_checkpoint
 from ..errors import Interrupted
-from ..fileio import atomic_path, atomic_write_json, refuse_to_replace
+from ..fileio import atomic_path, atomic_write_json, file_hash, read_json, refuse_to_replace
 from ..locking import LOCK_NAME, exclusive_output
 
 STDOUT = "-"
@@ -117,3 +120,44 @@ def write_json(path, obj) -> None:
         sys.stdout.flush()
         return
     atomic_write_json(path, obj)
+
+
+# ---------------------------------------------------------------------------------------------
+# Provenance: what produced a results file
+
+HASH_LIMIT = 1 << 30  # data files up to 1 GiB are hashed; larger ones are named by size and time
+
+
+def _utc(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def describe_file(path: str | os.PathLike) -> dict:
+    """A data file as a results file names it: resolved path, size, modification time (UTC) and,
+    up to :data:`HASH_LIMIT` bytes, its BLAKE2b (``None`` above, and for a folder)."""
+    path = Path(path).resolve()
+    if path.is_dir():  # a datasets folder: its files' total size and newest time, no hash
+        stats = [p.stat() for p in sorted(path.rglob("*")) if p.is_file()]
+        return {"path": str(path), "bytes": sum(s.st_size for s in stats), "files": len(stats),
+                "modified": _utc(max((s.st_mtime for s in stats), default=path.stat().st_mtime)), "blake2b": None}
+    stat = path.stat()
+    return {"path": str(path), "bytes": stat.st_size, "modified": _utc(stat.st_mtime),
+            "blake2b": file_hash(path) if stat.st_size <= HASH_LIMIT else None}
+
+
+def provenance(command: str, checkpoint: str | os.PathLike, data: list, settings: dict) -> dict:
+    """Where results came from: the ``command``, the checkpoint folder that was evaluated (resolved as
+    :func:`~gpt1cli.checkpoint.resolve_checkpoint` does at the time), its step and weights hash, the data files
+    (:func:`describe_file`), the ``settings`` used, the gpt1 version and the time (UTC)."""
+    folder = resolve_checkpoint(checkpoint).resolve()
+    meta = read_json(folder / META, "checkpoint metadata")
+    task = meta.get("task") if isinstance(meta.get("task"), dict) else None
+    return {
+        "command": command,
+        "gpt1_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "checkpoint": {"path": str(folder), "step": meta.get("step"), "weights_blake2b": meta.get("weights_blake2b"),
+                       "task": task.get("name") if task else None},
+        "data": [describe_file(path) for path in data],
+        "settings": settings,
+    }

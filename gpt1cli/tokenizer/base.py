@@ -10,6 +10,8 @@ from abc import abstractmethod
 from pathlib import Path
 from typing import Iterable, Protocol, runtime_checkable
 
+from ..fileio import atomic_write_bytes
+
 
 def _special_id(name: str) -> property:
     return property(lambda self: self.specials[name], doc=f"The id of the {name!r} special token.")
@@ -59,3 +61,14 @@ class Tokenizer(Protocol):
 def tokenizer_filename(tokenizer: Tokenizer) -> str:
     """The name a tokenizer is stored under beside shards and in checkpoints."""
     return "tokenizer" + tokenizer.file_suffix
+
+
+def save_single_file(tokenizer, path: str | Path) -> Path:
+    """Write a one-file tokenizer to ``path`` atomically: the bytes of the file it was read from
+    (``tokenizer.path``), else its ``to_bytes()``; saving onto its own file does nothing."""
+    path = Path(path)
+    source = tokenizer.path
+    if source is not None and path.exists() and path.resolve() == source.resolve():
+        return path
+    atomic_write_bytes(path, source.read_bytes() if source is not None else tokenizer.to_bytes())
+    return path

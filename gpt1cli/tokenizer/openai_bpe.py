@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Iterable
 
 from ..errors import Gpt1Error
-from ..fileio import atomic_write_bytes, file_hash, parse_json, read_json
-from .base import Tokenizer
+from ..fileio import file_hash, parse_json, read_json
+from .base import Tokenizer, save_single_file
 
 ENCODER_NAMES = ("encoder_bpe_40000.json", "vocab.json")
 MERGES_NAMES = ("vocab_40000.bpe", "merges.txt")
@@ -307,12 +307,7 @@ class OpenAIBPETokenizer(Tokenizer):
 
     def save(self, path: str | Path) -> Path:
         """Write the tokenizer as one self-contained ``.json`` file, atomically."""
-        path = Path(path)
-        if self.path is not None and path.exists() and path.resolve() == self.path.resolve():
-            return path
-        data = self.path.read_bytes() if self.path is not None else self.to_bytes()
-        atomic_write_bytes(path, data)
-        return path
+        return save_single_file(self, path)
 
     def hash(self) -> str:
         """BLAKE2b of the single-file form (equal to ``file_hash`` of what :meth:`save` writes)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -13,6 +13,7 @@ import torch
 from ..data.shards import TokenSplit, eval_windows
 from ..errors import Gpt1Error
 from ..model.loading import model_from_checkpoint
+from ..progress import progress_bar
 from ..runtime import autocast
 from ..tokenizer import load_tokenizer
 
@@ -22,14 +23,18 @@ def _config(model):
     return model.module.config if hasattr(model, "module") else model.config
 
 
-def evaluate_lm(model, split: TokenSplit, *, device: torch.device, max_tokens: int | None = None, batch_size: int = 8) -> dict:
+def evaluate_lm(model, split: TokenSplit, *, device: torch.device, max_tokens: int | None = None, batch_size: int = 8,
+                show_progress: bool = False) -> dict:
     """Mean next-token loss over non-overlapping windows of ``split``.
 
     Bits per byte divides by the split's UTF-8 bytes per token, so models with different
-    tokenizers compare on the same footing.
+    tokenizers compare on the same footing. ``batch_size`` windows go through the model at a time
+    (the figures do not depend on it beyond float rounding).
     """
     windows = eval_windows(split, _config(model).n_ctx, max_tokens)
-    totals = window_losses(model, (split.read(start, n) for start, n in windows), device=device, batch_size=batch_size)
+    with progress_bar(f"evaluating the {split.name} split", len(windows), enabled=show_progress, count=True) as bar:
+        totals = window_losses(model, (split.read(start, n) for start, n in windows), device=device,
+                               batch_size=batch_size, progress=bar.advance)
     return lm_report(*totals, split.tokens_per_byte() if split.text_bytes else float("nan"))
 
 
@@ -47,8 +52,12 @@ def stream_windows(chunks: Iterable[np.ndarray], n_ctx: int) -> Iterator[np.ndar
 
 
 @torch.no_grad()
-def window_losses(model, windows: Iterable[np.ndarray], *, device: torch.device, batch_size: int = 8) -> tuple[float, int]:
-    """Summed next-token loss and the number of predicted tokens over ``windows`` (token arrays)."""
+def window_losses(model, windows: Iterable[np.ndarray], *, device: torch.device, batch_size: int = 8,
+                  progress: Callable[[int], None] | None = None) -> tuple[float, int]:
+    """Summed next-token loss and the number of predicted tokens over ``windows`` (token arrays);
+    ``progress`` is called with the number of windows of each batch done."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise Gpt1Error(f"--batch-size must be a whole number >= 1, got {batch_size!r}")
     was_training = model.training
     model.eval()
     total_loss, total_tokens = 0.0, 0
@@ -66,6 +75,8 @@ def window_losses(model, windows: Iterable[np.ndarray], *, device: torch.device,
                 loss = model(inputs, targets=targets, reduction="sum")
             total_loss += float(loss)
             total_tokens += int((targets != -100).sum())
+            if progress is not None:
+                progress(len(group))
     finally:
         model.train(was_training)
     return total_loss, total_tokens
@@ -79,7 +90,7 @@ def lm_report(total_loss: float, total_tokens: int, tokens_per_byte: float) -> d
 
 
 def lm_text_eval(ckpt: str | Path, text_file: str | Path, device, *, max_tokens: int | None = None,
-                 show_progress: bool = False) -> dict:
+                 show_progress: bool = False, batch_size: int = 8) -> dict:
     """Loss, perplexity and bits per byte of a checkpoint on a raw text corpus, streamed.
 
     The text is encoded as ``gpt1 tokenize`` encodes it and evaluated in the same
@@ -88,7 +99,6 @@ def lm_text_eval(ckpt: str | Path, text_file: str | Path, device, *, max_tokens:
     """
     from ..data.corpus import expand_inputs
     from ..data.stream import iter_token_chunks
-    from ..progress import progress_bar
 
     model, checkpoint = model_from_checkpoint(ckpt, device)
     tokenizer = load_tokenizer(checkpoint.tokenizer_path)
@@ -96,7 +106,7 @@ def lm_text_eval(ckpt: str | Path, text_file: str | Path, device, *, max_tokens:
     n_ctx = model.config.n_ctx
     seen = {"tokens": 0, "bytes": 0.0}
     with progress_bar(f"evaluating {text_file}", sum(path.stat().st_size for path in paths),
-                      enabled=show_progress, status="") as bar:
+                      enabled=show_progress) as bar:
         def counted(chunks):
             for chunk in chunks:
                 seen["tokens"] += len(chunk.tokens)
@@ -104,11 +114,12 @@ def lm_text_eval(ckpt: str | Path, text_file: str | Path, device, *, max_tokens:
                 yield chunk.tokens
 
         def moved(tokens: int, input_bytes: int) -> None:
-            bar.update(completed=input_bytes, status=f"{tokens:,} tokens")
+            bar.update(completed=input_bytes)  # (a status would be a plain line of its own per chunk)
 
         chunks = iter_token_chunks(paths, tokenizer, max_tokens=None if max_tokens is None else max_tokens + 1,
                                    chunk_tokens=8 * n_ctx, progress=moved)
-        total_loss, total_tokens = window_losses(model, stream_windows(counted(chunks), n_ctx), device=device)
-    if total_tokens < 1:
-        raise Gpt1Error(f"{text_file} holds too little text to evaluate")
+        total_loss, total_tokens = window_losses(model, stream_windows(counted(chunks), n_ctx), device=device,
+                                                 batch_size=batch_size)
+        if total_tokens < 1:  # raised inside the bar: no end line before the error
+            raise Gpt1Error(f"{text_file} holds too little text to evaluate")
     return lm_report(total_loss, total_tokens, seen["tokens"] / seen["bytes"] if seen["bytes"] else math.nan)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import torch
+from rich.markup import escape
 
 from ..checkpoint import CHECKPOINTS, LATEST, META, Checkpoint, load_checkpoint, read_pointer, save_checkpoint
 from ..config import ModelConfig, count_parameters, preset
@@ -22,12 +23,12 @@ from ..fileio import plain_name
 from ..locking import LOCK_NAME, exclusive_output
 from ..model import ops
 from ..model.gpt import GPT
-from ..runtime import autocast, seed_everything
+from ..runtime import seed_everything
 from ..settings import saved
 from ..tokenizer import load_tokenizer
 from .distributed import World, all_reduce_mean, any_rank, barrier, distributed_session, gradient_sync
 from .lm_eval import evaluate_lm
-from .loop import SkippedSteps, Trainer, due
+from .loop import SkippedSteps, Trainer, due, run_precision
 from .memory import available_memory, estimate_memory, flops_per_token, human_bytes, processes_per_machine
 from .metrics_log import MetricsLog, read_records
 from .optim import warmup_cosine
@@ -190,6 +191,14 @@ def _final_figures(out: Path, checkpoint: Checkpoint) -> dict:
     return figures
 
 
+def run_plan_line(plan: dict, model_config: ModelConfig, precision: str, device: torch.device, kernels: str) -> str:
+    """The line a run starts with: what it is and costs (``--dry-run`` gives the details)."""
+    estimate, available = plan["estimate"], plan["available"]
+    free = f" of {human_bytes(available)} available" if available is not None else ""
+    return (f"{estimate.parameters:,} parameters, {flops_per_token(model_config):.3g} FLOPs per token, about "
+            f"{human_bytes(plan['needed'])} of memory{free} on {device}; {precision}; {kernels}")
+
+
 def _memory_plan(model_config: ModelConfig, config: PretrainConfig, world: World, device: torch.device,
                  micro_batch: int) -> dict:
     sharded = world.distributed and config.parallel == "fsdp"
@@ -276,140 +285,148 @@ def _run(config: PretrainConfig, out: Path, world: World, device: torch.device, 
     sampler = WindowSampler(data.train, model_config.n_ctx, config.seed)
     micro_batch = config.batch_size // (config.grad_accum * world.world_size)
     plan = _memory_plan(model_config, config, world, device, micro_batch)
+    precision = run_precision(config.precision, device, sharded=world.distributed and config.parallel == "fsdp")
     if dry_run:
         return {"dry_run": True, "config": saved(config), "model": model_config.to_dict(),
                 "parameters": plan["estimate"].parameters, "flops_per_token": flops_per_token(model_config),
                 "tokens_per_step": config.batch_size * model_config.n_ctx, "micro_batch": micro_batch,
                 "memory": plan, "start_step": start_step, "end_step": end_step, "world_size": world.world_size,
-                "device": str(device), "kernels": ops.describe_path(device), "out": str(out)}
+                "device": str(device), "precision": precision, "kernels": ops.describe_path(device), "out": str(out)}
     _on_every_rank(world, device, lambda: _check_memory(plan, model_config, config, micro_batch, device))
 
     seed_everything(config.seed)
     model = GPT(model_config)
     if resume_from is not None:
         model.load_state_dict(resume_from.state_dict)  # before sharding: every rank holds the full weights
-    log = MetricsLog(out / METRICS if world.is_main else None)
-    trainer = Trainer(model, world=world, device=device, parallel=config.parallel, lr=config.lr,
-                      weight_decay=config.weight_decay, grad_clip=config.grad_clip, seed=config.seed, log=log,
-                      schedule=lambda step: warmup_cosine(step, max_lr=config.lr, warmup=config.warmup, total=config.steps))
-    best_val = math.inf
-    if resume_from is not None:
-        trainer.restore(resume_from.trainer_meta["optimizer_groups"], resume_from.trainer_tensors)
-        best_val = float(resume_from.trainer_meta.get("best_val", math.inf))
-        resume_from.state_dict, resume_from.trainer_tensors = {}, {}  # copied into the model and optimiser
-    step_model = torch.compile(trainer.wrapped) if config.compile else trainer.wrapped
+    log = MetricsLog(out / METRICS if world.is_main else None, trackers=config.log, run_config=saved(config))
+    with log:  # the trackers are finished however the run ends
+        trainer = Trainer(model, world=world, device=device, parallel=config.parallel, lr=config.lr,
+                          weight_decay=config.weight_decay, grad_clip=config.grad_clip, seed=config.seed, log=log,
+                          schedule=lambda step: warmup_cosine(step, max_lr=config.lr, warmup=config.warmup, total=config.steps),
+                          precision=config.precision)
+        best_val = math.inf
+        if resume_from is not None:
+            trainer.restore(resume_from.trainer_meta["optimizer_groups"], resume_from.trainer_tensors,
+                            resume_from.trainer_meta.get("grad_scaler"), source=resume_from.path / "trainer.json")
+            best_val = float(resume_from.trainer_meta.get("best_val", math.inf))
+            resume_from.state_dict, resume_from.trainer_tensors = {}, {}  # copied into the model and optimiser
+        step_model = torch.compile(trainer.wrapped) if config.compile else trainer.wrapped
 
-    show_progress = show_progress and world.is_main
-    tokens_per_step = config.batch_size * model_config.n_ctx
-    kernels = ops.describe_path(device)
-    parameters = count_parameters(model_config) if trainer.sharded else model.num_parameters()
-    if resume_from is None:
-        log.write("config", config=saved(config), model=model_config.to_dict(), parameters=parameters,
-                  kernels=kernels, device=str(device), world_size=world.world_size)
-    else:
-        log.write("resume", step=start_step, kernels=kernels, device=str(device), world_size=world.world_size)
+        show_progress = show_progress and world.is_main
+        tokens_per_step = config.batch_size * model_config.n_ctx
+        kernels = ops.describe_path(device)
+        parameters = count_parameters(model_config) if trainer.sharded else model.num_parameters()
+        if resume_from is None:
+            log.write("config", config=saved(config), model=model_config.to_dict(), parameters=parameters,
+                      kernels=kernels, device=str(device), precision=trainer.precision, world_size=world.world_size)
+        else:
+            log.write("resume", step=start_step, kernels=kernels, device=str(device), precision=trainer.precision,
+                      world_size=world.world_size)
 
-    # Step of the newest checkpoint (0: none yet) and of the last step whose update was applied.
-    last_saved = start_step
-    last_good = start_step
-    last_val = None
+        # Step of the newest checkpoint (0: none yet) and of the last step whose update was applied.
+        last_saved = start_step
+        last_good = start_step
+        last_val = None
 
-    def forward_backward(step: int) -> dict:
-        """The mean loss of step ``step``'s global batch, back-propagated in ``grad_accum`` micro-steps."""
-        # One global batch per step from (seed, step); micro-step m of rank r takes slice m * world + r.
-        starts = sampler.starts(step, config.batch_size)
-        step_loss = 0.0
-        for micro in range(config.grad_accum):
-            part = (micro * world.world_size + world.rank) * micro_batch
-            rows = torch.from_numpy(sampler.windows(starts[part : part + micro_batch])).to(device, non_blocking=True)
-            with gradient_sync(trainer.wrapped, micro == config.grad_accum - 1):
-                with autocast(device):
-                    loss = step_model(rows[:, :-1], targets=rows[:, 1:]) / config.grad_accum
-                loss.backward()
-            step_loss += float(loss.detach())
-        return {"loss": all_reduce_mean(step_loss, world, device)}
+        def forward_backward(step: int) -> dict:
+            """The mean loss of step ``step``'s global batch, back-propagated in ``grad_accum`` micro-steps."""
+            # One global batch per step from (seed, step); micro-step m of rank r takes slice m * world + r.
+            starts = sampler.starts(step, config.batch_size)
+            step_loss = 0.0
+            for micro in range(config.grad_accum):
+                part = (micro * world.world_size + world.rank) * micro_batch
+                rows = torch.from_numpy(sampler.windows(starts[part : part + micro_batch])).to(device, non_blocking=True)
+                with gradient_sync(trainer.wrapped, micro == config.grad_accum - 1):
+                    with trainer.autocast():
+                        loss = step_model(rows[:, :-1], targets=rows[:, 1:]) / config.grad_accum
+                    trainer.backward(loss)
+                step_loss += float(loss.detach())
+            return {"loss": all_reduce_mean(step_loss, world, device)}
 
-    def checkpoint(step: int, val: dict | None) -> None:
-        nonlocal best_val, last_saved
-        state = trainer.train_state()  # every rank takes part in gathering a sharded state; rank 0 alone writes
-        # `latest` must never name weights that are not finite: checked before anything is written.
-        if not state.finite:
-            where = (f"the last finite checkpoint is step {last_saved} in {out / CHECKPOINTS}" if last_saved
-                     else "no checkpoint was written")
-            raise Gpt1Error(f"the weights are not finite after step {step} ({state.not_finite or 'on rank 0'}): "
-                            f"not saved; {where}; lower --lr")
-        # The best checkpoint (by the validation loss it was written with) survives pruning.
-        is_best = val is not None and val["loss"] < best_val
-        if is_best:
-            best_val = val["loss"]
-        if world.is_main:
-            save_checkpoint(
-                out, step, model_state=state.model, config=model_config, tokenizer_path=tokenizer_path,
-                tokenizer_bytes=tokenizer_bytes,
-                meta={"kind": "pretrain", "task": None, "metrics": {"val": val} if val else {}},
-                trainer_tensors=state.optimizer_tensors,
-                trainer_meta={"step": step, "config": saved(config),
-                              "optimizer_groups": state.optimizer_groups, "best_val": best_val,
-                              "world_size": world.world_size},
-                keep=config.keep, best=is_best,
-            )
-        barrier(world)
-        last_saved = step
+        def checkpoint(step: int, val: dict | None) -> None:
+            nonlocal best_val, last_saved
+            state = trainer.train_state()  # every rank takes part in gathering a sharded state; rank 0 alone writes
+            # `latest` must never name weights that are not finite: checked before anything is written.
+            if not state.finite:
+                where = (f"the last finite checkpoint is step {last_saved} in {out / CHECKPOINTS}" if last_saved
+                         else "no checkpoint was written")
+                raise Gpt1Error(f"the weights are not finite after step {step} ({state.not_finite or 'on rank 0'}): "
+                                f"not saved; {where}; lower --lr")
+            # The best checkpoint (by the validation loss it was written with) survives pruning.
+            is_best = val is not None and val["loss"] < best_val
+            if is_best:
+                best_val = val["loss"]
+            if world.is_main:
+                save_checkpoint(
+                    out, step, model_state=state.model, config=model_config, tokenizer_path=tokenizer_path,
+                    tokenizer_bytes=tokenizer_bytes,
+                    meta={"kind": "pretrain", "task": None, "metrics": {"val": val} if val else {}},
+                    trainer_tensors=state.optimizer_tensors,
+                    trainer_meta={"step": step, "config": saved(config),
+                                  "optimizer_groups": state.optimizer_groups, "best_val": best_val,
+                                  "world_size": world.world_size, "precision": trainer.precision,
+                                  "grad_scaler": state.scaler},
+                    keep=config.keep, best=is_best,
+                )
+            barrier(world)
+            last_saved = step
 
-    def save_last_good() -> None:
-        """Checkpoint the weights of the last applied step (a skipped step changed nothing)."""
-        if last_good > last_saved:
-            checkpoint(last_good, last_val)
+        def save_last_good() -> None:
+            """Checkpoint the weights of the last applied step (a skipped step changed nothing)."""
+            if last_good > last_saved:
+                checkpoint(last_good, last_val)
 
-    def where_to_continue() -> str:
-        if last_saved:
-            return f"the last good checkpoint is step {last_saved} in {out / CHECKPOINTS}"
-        return "no checkpoint was written"
+        def where_to_continue() -> str:
+            if last_saved:
+                return f"the last good checkpoint is step {last_saved} in {out / CHECKPOINTS}"
+            return "no checkpoint was written"
 
-    trainer.train_mode()
-    skipped, loss_value = SkippedSteps(), float("nan")
-    window_tokens, window_start = 0, time.perf_counter()
-    summary = {"start_step": start_step}
-    with trainer.running("pretraining", config.steps, start_step, show_progress=show_progress) as bar:
-        for step in range(start_step, end_step):
-            result = trainer.step(step, lambda: forward_backward(step), skipped, bar)
-            done = result.done
-            if result.applied:
-                loss_value, last_good = result.figures["loss"], done
-                window_tokens += tokens_per_step
-                if due(done, config.log_every, config.steps):
-                    elapsed = time.perf_counter() - window_start
-                    tok_s = window_tokens / elapsed if elapsed > 0 else float("nan")
-                    log.write("train", step=done, loss=loss_value, lr=result.lr, grad_norm=result.grad_norm,
-                              tokens_per_s=tok_s)
-                    bar.update(status=f"loss {loss_value:.3f}  {tok_s:,.0f} tok/s")
-                    summary["tokens_per_s"] = tok_s
-                    window_tokens, window_start = 0, time.perf_counter()
-                if due(done, config.eval_every, config.steps):
-                    last_val = evaluate_lm(trainer.eval_model, data.val, device=device, max_tokens=config.eval_tokens)
-                    log.write("eval", step=done, **{f"val_{k}": v for k, v in last_val.items()})
-                    bar.log(f"step {done}: val loss {last_val['loss']:.4f}  ppl {last_val['ppl']:.2f}  bpb {last_val['bpb']:.4f}")
+        trainer.train_mode()
+        skipped, loss_value = SkippedSteps(), float("nan")
+        window_tokens, window_start = 0, time.perf_counter()
+        summary = {"start_step": start_step}
+        with trainer.running("pretraining", config.steps, start_step, show_progress=show_progress) as bar:
+            bar.log(escape(run_plan_line(plan, model_config, trainer.precision, device, kernels)))
+            for step in range(start_step, end_step):
+                result = trainer.step(step, lambda: forward_backward(step), skipped, bar)
+                done = result.done
+                bar.advance(1)
+                if result.good:  # applied, or skipped by the fp16 loss scaler (the weights are sound)
+                    loss_value, last_good = result.figures["loss"], done
+                    window_tokens += tokens_per_step
+                    if due(done, config.log_every, config.steps):
+                        elapsed = time.perf_counter() - window_start
+                        tok_s = window_tokens / elapsed if elapsed > 0 else float("nan")
+                        log.write("train", step=done, loss=loss_value, lr=result.lr, grad_norm=result.grad_norm,
+                                  tokens_per_s=tok_s)
+                        bar.update(status=f"loss {loss_value:.4f}  lr {result.lr:.3e}  {tok_s:,.0f} tokens/s")
+                        summary["tokens_per_s"] = tok_s
+                        window_tokens, window_start = 0, time.perf_counter()
+                    if due(done, config.eval_every, config.steps):
+                        last_val = evaluate_lm(trainer.eval_model, data.val, device=device, max_tokens=config.eval_tokens)
+                        log.write("eval", step=done, **{f"val_{k}": v for k, v in last_val.items()})
+                        bar.log(f"step {done}: val loss {last_val['loss']:.4f}  ppl {last_val['ppl']:.2f}  bpb {last_val['bpb']:.4f}")
+                        window_start = time.perf_counter()
+                stop = trainer.stop_requested()
+                if due(done, config.ckpt_every, end_step) or stop:
+                    if result.good:
+                        checkpoint(done, last_val)
+                    else:
+                        save_last_good()
                     window_start = time.perf_counter()
-            stop = trainer.stop_requested()
-            if due(done, config.ckpt_every, end_step) or stop:
-                if result.applied:
-                    checkpoint(done, last_val)
-                else:
+                if skipped.bad_steps >= config.max_bad_steps:
                     save_last_good()
-                window_start = time.perf_counter()
-            if skipped.bad_steps >= config.max_bad_steps:
-                save_last_good()
-                raise Gpt1Error(f"{skipped.bad_steps} non-finite steps in a row at step {done}: lower --lr; "
-                                f"{where_to_continue()}")
-            bar.advance(1)
-            if stop:
-                if not last_saved:
-                    raise Gpt1Error(f"stopped on request at step {done} before any step could be applied: "
-                                    "no checkpoint written")
-                trainer.stopped(last_saved, str(out / CHECKPOINTS / f"step_{last_saved:08d}"))
-    if last_good < end_step:
-        raise Gpt1Error(f"step {end_step}, the last of this run, had a non-finite loss or gradient and was skipped "
-                        f"({skipped.bad_steps} in a row): {where_to_continue()}; lower --lr or check the data")
-    summary.update(steps=config.steps, stopped_at=end_step, loss=loss_value, val=last_val, parameters=parameters,
-                   kernels=kernels, out=str(out), world_size=world.world_size)
-    return summary
+                    raise Gpt1Error(f"{skipped.bad_steps} non-finite steps in a row at step {done}: lower --lr; "
+                                    f"{where_to_continue()}")
+                if stop:
+                    if not last_saved:
+                        raise Gpt1Error(f"stopped on request at step {done} before any step could be applied: "
+                                        "no checkpoint written")
+                    trainer.stopped(last_saved, str(out / CHECKPOINTS / f"step_{last_saved:08d}"))
+        if last_good < end_step:
+            raise Gpt1Error(f"step {end_step}, the last of this run, had a non-finite loss or gradient and was skipped "
+                            f"({skipped.bad_steps} in a row): {where_to_continue()}; lower --lr or check the data")
+        summary.update(steps=config.steps, stopped_at=end_step, loss=loss_value, val=last_val, parameters=parameters,
+                       kernels=kernels, out=str(out), world_size=world.world_size, precision=trainer.precision,
+                       overflow_steps=skipped.overflow_steps)
+        return summary

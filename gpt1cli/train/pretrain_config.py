@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from ..checks import SEED, within
 from ..config import ARCHS, ATTENTION, MAX_SIZE, PRESETS, ModelConfig, Preset
 from ..errors import Gpt1Error
-from ..runtime import DEVICES
+from ..runtime import DEVICE_HELP, PRECISION_DEFAULT, PRECISION_HELP, device_rule, precision_rule
+from ..tracking import trackers_rule
 from ..settings import (
     ANEW,
     FIXED,
@@ -96,12 +97,18 @@ class PretrainConfig:
                                on_resume=MAY_CHANGE)
     log_every: int | None = setting(None, "Log training metrics every N steps.", rule=COUNT, fallback=10,
                                     on_resume=MAY_CHANGE)
+    log: str | None = setting(None, "Also send the metrics to trackers, comma-separated: tensorboard (RUN/tensorboard/), "
+                              "wandb (offline unless a W&B API key is set or WANDB_MODE says otherwise), csv "
+                              "(RUN/metrics.csv).", rule=trackers_rule, show_default="none", on_resume=MAY_CHANGE)
     max_bad_steps: int | None = setting(None, "Stop after this many non-finite steps in a row.", rule=COUNT, fallback=10,
                                         on_resume=MAY_CHANGE)
     # Per invocation: a resumed run does not inherit the step the last invocation stopped after.
     stop_after: int | None = setting(None, "End this invocation after step N (checkpointed) without changing the "
                                      "schedule.", rule=COUNT, on_resume=ANEW)
-    device: str = setting("auto", "auto (CUDA when available), cpu or cuda.", rule=one_of(DEVICES), on_resume=MAY_CHANGE)
+    device: str = setting("auto", DEVICE_HELP, rule=device_rule, on_resume=MAY_CHANGE)
+    # None: auto (recorded as None; the run's log records what it resolved to on its device).
+    precision: str | None = setting(None, PRECISION_HELP, rule=precision_rule, show_default=PRECISION_DEFAULT,
+                                    on_resume=MAY_CHANGE)
     compile: bool = setting(False, "torch.compile the model.", flags=("--compile",), rule=boolean)
     parallel: str | None = setting(None, "Under torchrun: ddp (replicated) or fsdp (FSDP2, blocks sharded, bf16 on "
                                    "CUDA).", rule=one_of(PARALLEL_MODES), fallback="ddp", on_resume=MAY_CHANGE)
@@ -109,8 +116,8 @@ class PretrainConfig:
                                          rule=within(float, "positive and finite", above=0, maximum=YEAR_S),
                                          fallback=600.0, on_resume=MAY_CHANGE)
     resume: bool = setting(False, "Continue the run in --out from its latest checkpoint, exactly, with its saved "
-                           "settings (only --shards, --device, --steps, --stop-after, --parallel, --dist-timeout, "
-                           "--max-bad-steps and the logging, evaluation and checkpoint cadences may be given anew; other "
+                           "settings (only --shards, --device, --precision, --steps, --stop-after, --parallel, "
+                           "--dist-timeout, --max-bad-steps, --log and the logging, evaluation and checkpoint cadences may be given anew; other "
                            "options must match the run). A run without a checkpoint yet starts from step 0.",
                            flags=("--resume",), rule=boolean, on_resume=ANEW)
 

@@ -181,7 +181,7 @@ def test_interpreted_kernel_is_never_presented_as_speed():
 @pytest.mark.parametrize("argv, message", [
     (["bench", "everything"], "unknown benchmark 'everything'"),
     (["bench", "train", "--dtype", "fp8"], "--dtype must be one of"),
-    (["bench", "train", "--device", "tpu"], "--device must be one of"),
+    (["bench", "train", "--device", "tpu"], "--device must be auto, cpu, cuda or cuda:N"),
     (["bench", "data", "--max-minutes", "0"], "--max-minutes must be positive"),
     (["bench", "data", "--out", "results.txt"], "must end in .json"),
 ])

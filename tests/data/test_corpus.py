@@ -127,8 +127,8 @@ def test_directories_are_searched_recursively_and_globs_expanded(tmp_path, docs)
     [
         (lambda d: str(d / "missing.txt"), "input not found"),
         (lambda d: str(d / "*.nothing"), "matches no file"),
-        (lambda d: (d / "e").mkdir() or str(d / "e"), "holds no .txt, .jsonl or .parquet file"),
-        (lambda d: (d / "x.csv").write_text("a") and str(d / "x.csv"), "unsupported input"),
+        (lambda d: (d / "e").mkdir() or str(d / "e"), "holds no .txt, .jsonl, .parquet, .arrow, .tsv, .csv file"),
+        (lambda d: (d / "x.docx").write_text("a") and str(d / "x.docx"), "unsupported input"),
     ],
 )
 def test_expand_inputs_errors_name_the_input(tmp_path, make, message):

@@ -263,8 +263,12 @@ def test_sentencepiece_checkpoint_round_trip(tmp_path, capsys):
     save_ours(tmp_path / "run", random_gpt(tiny_config(sp.vocab_size, "gpt2"), seed=2), sp.path)
     (tmp_path / "hf").mkdir()  # an empty --out is fine
     exported = convert(["--to-hf", tmp_path / "hf", "--ckpt", tmp_path / "run"], capsys)
-    assert exported.code == 0 and "no reader for a sentencepiece tokenizer" in exported.out
-    assert {p.name for p in (tmp_path / "hf").iterdir()} == {"config.json", "model.safetensors", "gpt1-tokenizer.model"}
+    assert exported.code == 0, exported.err
+    assert {p.name for p in (tmp_path / "hf").iterdir()} == {
+        "config.json", "model.safetensors", "gpt1-tokenizer.model", "generation_config.json", "tokenizer.json",
+        "tokenizer_config.json", "special_tokens_map.json", "README.md"}
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert hf_tok.encode(sentences[0]) == sp.encode(sentences[0]) and len(hf_tok) == sp.vocab_size
     assert convert(["--from-hf", tmp_path / "hf", "--out", tmp_path / "back"], capsys).code == 0
     assert_same_checkpoint(tmp_path / "run", tmp_path / "back")
 
@@ -284,8 +288,10 @@ def test_hub_style_openai_gpt_directory(bpe_tok, tmp_path, capsys):
     (folder / "config.json").write_text(json.dumps(config))
     (folder / "vocab.json").write_text(json.dumps({**{t: i for i, t in enumerate(bpe_tok.vocab)}, "<unk>": 0}))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in bpe_tok.merges))
-    hint = convert(["--from-hf", folder, "--out", tmp_path / "run"], capsys)
-    support.assert_one_error_line(hint, f"--tokenizer openai:{folder}")
+    # The folder's own vocab.json + merges.txt are read as the original BPE; --tokenizer openai:DIR says the same.
+    result = convert(["--from-hf", folder, "--out", tmp_path / "own"], capsys)
+    assert result.code == 0, result.err
+    assert load_checkpoint(tmp_path / "own").tokenizer_path.read_bytes() == bpe_tok.to_bytes()
     result = convert(["--from-hf", folder, "--out", tmp_path / "run", "--tokenizer", f"openai:{folder}"], capsys)
     assert result.code == 0, result.err
     assert load_checkpoint(tmp_path / "run").config.vocab_size == bpe_tok.vocab_size

@@ -35,7 +35,9 @@ def finetune_cli(capsys, task_assets, task, out, train, val, *extra):
 def eval_cli(capsys, ckpt, task, data, json_out):
     assert_ok(run_main(["eval", "--ckpt", ckpt, "--task", task, "--data", data, "--json", json_out,
                         "--device", "cpu"], capsys))
-    return json.loads(json_out.read_text(encoding="utf-8"))
+    report = json.loads(json_out.read_text(encoding="utf-8"))
+    report.pop("provenance")  # which file and when: differs between runs by design
+    return report
 
 
 def predict_cli(capsys, ckpt, data, out):
@@ -140,7 +142,8 @@ def test_finetune_eval_predict_agree(task, task_assets, tmp_path, capsys):
 
 
 def test_checkpoint_selection_keeps_the_best_epoch(task_assets, tmp_path, capsys):
-    """Several evaluations: the checkpoint kept is the first with the best validation accuracy."""
+    """Several evaluations: the best checkpoint (``best``) is the first with the best validation
+    accuracy; the last evaluated one (``latest``) is kept beside it, nothing else."""
     run = tmp_path / "run"
     finetune_cli(capsys, task_assets, "classify", run, task_file(task_assets, "classify", "train"),
                  task_file(task_assets, "classify", "val"), "--epochs", "4", "--eval-every", "1", "--batch-size", "8")
@@ -148,11 +151,16 @@ def test_checkpoint_selection_keeps_the_best_epoch(task_assets, tmp_path, capsys
     assert [r["step"] for r in evals] == list(range(1, 17))
     best = max(r["accuracy"] for r in evals)
     first_best = next(r for r in evals if r["accuracy"] == best)
-    meta = checkpoint_meta(run)
+    best_name = (run / "checkpoints" / "best").read_text().strip()
+    assert best_name == f"step_{first_best['step']:08d}"
+    meta = json.loads((run / "checkpoints" / best_name / "checkpoint.json").read_text(encoding="utf-8"))
     assert meta["step"] == first_best["step"]
     assert meta["metrics"]["val"]["accuracy"] == pytest.approx(best)
-    # only that one checkpoint folder is kept
-    assert [p.name for p in (run / "checkpoints").iterdir() if p.name.startswith("step_")] == [f"step_{first_best['step']:08d}"]
+    last = checkpoint_meta(run)  # checkpoints/latest: the last evaluation's
+    assert last["step"] == 16 and last["metrics"]["val"]["accuracy"] == pytest.approx(evals[-1]["accuracy"])
+    # only those two checkpoint folders are kept
+    assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.startswith("step_")) == \
+        sorted({best_name, "step_00000016"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,7 +276,9 @@ def test_python_m_gpt1cli_eval_and_predict(task_assets, tmp_path, capsys):
     result = run_subprocess(["eval", "--ckpt", run, "--task", "entail", "--data", test,
                              "--json", tmp_path / "sub.json", "--device", "cpu"])
     assert result.code == 0, result.err
-    assert json.loads((tmp_path / "sub.json").read_text()) == expected
+    sub = json.loads((tmp_path / "sub.json").read_text())
+    assert sub.pop("provenance")["command"] == "gpt1 eval"
+    assert sub == expected
     assert "accuracy" in result.out and "confusion" in result.out
     for label in ("contradiction", "entailment", "neutral"):
         assert label in result.out  # the confusion matrix is labelled with the label set

@@ -486,6 +486,7 @@ def test_bool_labels_train_and_evaluate_from_jsonl_and_csv(task_assets, tmp_path
         assert_ok(run_main(["eval", "--ckpt", run, "--task", "classify", "--data", path, "--json",
                             tmp_path / f"{name}.json", "--device", "cpu"], capsys))
         reports.append(json.loads((tmp_path / f"{name}.json").read_text()))
+        assert reports[-1].pop("provenance")["data"][0]["path"].endswith(f"t{path.suffix}")
     assert reports[0] == reports[1] and reports[0]["examples"] == 16
 
 
@@ -572,7 +573,7 @@ def test_streamed_text_joins_to_the_final_text_and_never_shows_a_half_character(
     script = task_tok.encode("of the file")[:2] + euro + task_tok.encode("5")
     scripted(monkeypatch, script)
     pieces: list[str] = []
-    [result] = complete(model, task_tok, task_tok.encode("Return a new list"), DecodeSettings(max_new_tokens=50),
+    [result] = complete(model, task_tok, task_tok.encode("Return a new list"), DecodeSettings(max_new_tokens=50, temperature=0.0),
                         on_text=pieces.append)
     assert result.text == continuation_text(task_tok, task_tok.encode("Return a new list"), script)
     assert result.text.startswith(" of") and result.text.endswith("€ 5")

@@ -18,12 +18,12 @@ from .sampling import decode
 
 @dataclass(frozen=True)
 class DecodeSettings:
-    """How to decode. ``temperature`` 0 is greedy; ``beams`` > 1 runs beam search (deterministic:
-    temperature, top-k and top-p are not used)."""
+    """How to decode; the defaults are `gpt1 generate`'s (sampling at temperature 0.8). ``temperature``
+    0 is greedy; ``beams`` > 1 runs beam search (deterministic: temperature, top-k and top-p are not used)."""
 
     # None: the caller's default (e.g. from the references)
     max_new_tokens: int | None = setting(100, "Most tokens to generate.", rule=number(minimum=1))
-    temperature: float = setting(0.0, "Sampling temperature (>= 0); 0 is greedy. Not used by beam search.",
+    temperature: float = setting(0.8, "Sampling temperature (>= 0); 0 is greedy. Not used by beam search.",
                                  rule=number(minimum=0))
     top_k: int | None = setting(None, "Sample only from the k most likely tokens (k >= 1).", rule=number(minimum=1),
                                 show_default="all")
