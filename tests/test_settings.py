@@ -160,7 +160,8 @@ def other_value(config, name: str, value):
         if value in choices:
             return next(c for c in choices if c != value)
     if value is None:
-        return {"n_ctx": 48, "window": 8, "stop_after": 3}.get(name)
+        return {"n_ctx": 48, "window": 8, "stop_after": 3, "init_from": "another-run", "log": "csv",
+                "precision": "fp32"}.get(name)
     assert isinstance(field.default, str) or field.default is dataclasses.MISSING, name
     return f"{value}-other"
 

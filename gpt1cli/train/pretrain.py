@@ -32,7 +32,7 @@ from .loop import SkippedSteps, Trainer, due, run_precision
 from .memory import available_memory, estimate_memory, flops_per_token, human_bytes, processes_per_machine
 from .metrics_log import MetricsLog, read_records
 from .optim import warmup_cosine
-from .pretrain_config import RUN_DEFAULTS, PretrainConfig, continued
+from .pretrain_config import RUN_DEFAULTS, PretrainConfig, continued, flag
 
 METRICS = "metrics.jsonl"
 
@@ -199,6 +199,22 @@ def run_plan_line(plan: dict, model_config: ModelConfig, precision: str, device:
             f"{human_bytes(plan['needed'])} of memory{free} on {device}; {precision}; {kernels}")
 
 
+def _initial_weights(config: PretrainConfig, data: ShardDataset, given: set[str]) -> tuple[Checkpoint, ModelConfig]:
+    """``--init-from``: the checkpoint a new run starts from and its model (dropout as this run's)."""
+    shaped = sorted(given & {"preset", "arch", "n_ctx", "attention", "window"})
+    if shaped:
+        raise Gpt1Error(f"{flag(shaped[0])} shapes the model, which --init-from {config.init_from} gives: leave it out")
+    start = load_checkpoint(config.init_from)
+    if start.task:
+        raise Gpt1Error(f"--init-from {start.path} is fine-tuned for a task ({start.task.get('name')}): continue "
+                        "pre-training from a language-model checkpoint")
+    if start.meta.get("tokenizer_blake2b") != data.tokenizer_hash:
+        raise Gpt1Error(f"{config.shards} was made with a different tokenizer than --init-from {start.path}: tokenize the "
+                        f"corpus with --tokenizer {start.tokenizer_path}")
+    model_config = dataclasses.replace(start.config, dropout=config.dropout, attn_dropout=config.dropout)
+    return start, model_config
+
+
 def _memory_plan(model_config: ModelConfig, config: PretrainConfig, world: World, device: torch.device,
                  micro_batch: int) -> dict:
     sharded = world.distributed and config.parallel == "fsdp"
@@ -274,10 +290,16 @@ def _run(config: PretrainConfig, out: Path, world: World, device: torch.device, 
 
     data = ShardDataset(config.shards)
     tokenizer_path, tokenizer_bytes = _shard_tokenizer(data)
+    start_from = None  # --init-from: the weights a new run starts with
     if resume_from is not None:
         model_config = resume_from.config
         if resume_from.meta.get("tokenizer_blake2b") != data.tokenizer_hash:
             raise Gpt1Error(f"{config.shards} was made with a different tokenizer than the run in {out}")
+    elif config.init_from is not None:
+        start_from, model_config = _initial_weights(config, data, given)
+        # the run records the model it really trains, not the preset's shape
+        config = dataclasses.replace(config, **{name: getattr(model_config, name)
+                                                for name in ("arch", "n_ctx", "attention", "window")})
     else:
         model_config = preset(config.preset, data.vocab_size, arch=config.arch, n_ctx=config.n_ctx,
                               dropout=config.dropout, attn_dropout=config.dropout, attention=config.attention,
@@ -296,8 +318,9 @@ def _run(config: PretrainConfig, out: Path, world: World, device: torch.device, 
 
     seed_everything(config.seed)
     model = GPT(model_config)
-    if resume_from is not None:
-        model.load_state_dict(resume_from.state_dict)  # before sharding: every rank holds the full weights
+    if resume_from is not None or start_from is not None:
+        # before sharding: every rank holds the full weights
+        model.load_state_dict((resume_from or start_from).state_dict)
     log = MetricsLog(out / METRICS if world.is_main else None, trackers=config.log, run_config=saved(config))
     with log:  # the trackers are finished however the run ends
         trainer = Trainer(model, world=world, device=device, parallel=config.parallel, lr=config.lr,

@@ -59,6 +59,10 @@ class PretrainConfig:
     shards: str = setting(help="Shard directory written by `gpt1 tokenize`.", rule=path, on_resume=MAY_CHANGE)
     out: str = setting(help="Run directory: checkpoints/, metrics.jsonl.", flags=("--out", "-o"), rule=path,
                        on_resume=ANEW)
+    init_from: str | None = setting(None, "Start from the weights of this checkpoint or run directory (e.g. one made by "
+                                    "convert --from-hf or --from-openai): its model and tokenizer (the shards must be "
+                                    "tokenized with it), a fresh optimiser and schedule.", rule=path,
+                                    show_default="none: random initialisation")
     preset: str = setting("tiny", f"Model size: {', '.join(PRESETS)} (gpt1 = the paper's 12 x 768; gpt3-* = the GPT-3 "
                           "table).", rule=one_of(tuple(PRESETS), "preset"))
     arch: str | None = setting(None, "gpt1 (post-LN) or gpt2 (pre-LN, final LayerNorm, scaled residual init).",

@@ -253,6 +253,16 @@ def test_imported_gpt2_run_trains_on(gpt2_folders, tmp_path, capsys):
     assert tokenized.code == 0, tokenized.err
     manifest = support.read_manifest(tmp_path / "shards")
     assert manifest["tokenizer"]["vocab_size"] == tuned.config.vocab_size
+    # Continued pre-training on those shards starts from the imported weights (a near-zero lr keeps them).
+    imported = load_checkpoint(tmp_path / "run")
+    result = support.run_main(["pretrain", "--shards", tmp_path / "shards", "--init-from", tmp_path / "run", "--out",
+                               tmp_path / "pre", "--steps", "1", "--batch-size", "2", "--lr", "1e-12", "--warmup", "1",
+                               "--device", "cpu", "-q"], capsys)
+    assert result.code == 0, result.err
+    continued = load_checkpoint(tmp_path / "pre")
+    assert continued.config.n_ctx == imported.config.n_ctx and continued.config.arch == "gpt2"
+    assert max(float((continued.state_dict[k] - v).abs().max()) for k, v in imported.state_dict.items()) < 1e-6
+    assert support.records(tmp_path / "pre", "config")[0]["config"]["n_ctx"] == imported.config.n_ctx
 
 
 def test_gpt2_round_trip_through_our_export(gpt2_folders, tmp_path, capsys):
