@@ -19,12 +19,12 @@ from ..settings import one_of, setting
 from ..tokenizer import load_tokenizer
 from ..train.distributed import World, all_reduce_mean
 from .data import ALL_TASKS, GENERATE, TASKS, fields_setting, label_set, load_examples, parse_fields
-from .label_metrics import classification_report, regression_report
+from .label_metrics import classification_report, positive_class, regression_report
 from .heads import TaskModel
 from .inference import batches, encode_examples, infer, label_indices, module_state, predictions, task_state
 from .training import FinetuneLoop, FinetuneSettings, Objective, begin_run, check_settings, finished_summary, run_session
 
-METRICS = ("accuracy", "macro_f1", "mcc", "pearson", "spearman")
+METRICS = ("accuracy", "macro_f1", "mcc", "f1", "pearson", "spearman")
 
 
 @dataclass(kw_only=True)
@@ -58,6 +58,8 @@ class FinetuneConfig(FinetuneSettings):
         metric = self.metric or ("pearson" if self.regression else "accuracy")
         if metric not in METRICS:
             raise Gpt1Error(f"--metric must be one of {', '.join(METRICS)}, not {self.metric!r}")
+        if metric == "f1" and self.task == "mcq":
+            raise Gpt1Error("--metric f1 is the F1 of a two-label task's positive class; mcq scores choices: use accuracy")
         if self.regression != (metric in ("pearson", "spearman")):
             raise Gpt1Error(f"--metric {metric} does not fit a {'regression' if self.regression else 'classification'} task")
         return dataclasses.replace(self, metric=metric, fields=fields_setting(self.fields, "--field"))
@@ -92,6 +94,9 @@ def _finetune(config: FinetuneConfig, world: World, device: torch.device, show_p
         n_outputs = 1 if config.regression else len(labels)
         if n_outputs < 2 and not config.regression:
             raise Gpt1Error(f"{config.train}: only one label ({labels[0]!r}) in the training data; a classifier needs two or more")
+        if config.metric == "f1" and n_outputs != 2:
+            raise Gpt1Error(f"--metric f1 is the F1 of a two-label task's positive class, but {config.train} has "
+                            f"{n_outputs} labels: use macro_f1")
     targets = label_indices(train_examples, labels, config.regression) if config.task != "mcq" else [e.label for e in train_examples]
     val_targets = label_indices(val_examples, labels, config.regression) if config.task != "mcq" else [e.label for e in val_examples]
 
@@ -139,7 +144,8 @@ def _finetune(config: FinetuneConfig, world: World, device: torch.device, show_p
         preds, _ = predictions(logits, config.regression)
         if config.regression:
             return regression_report(val_targets, preds)
-        return classification_report(val_targets, preds, logits.shape[-1])
+        return classification_report(val_targets, preds, logits.shape[-1],
+                                     positive=positive_class(config.task, logits.shape[-1]))
 
     def better(report: dict, best: dict) -> bool:
         score = report[config.metric]

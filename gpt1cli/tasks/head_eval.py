@@ -11,7 +11,7 @@ from ..progress import progress_bar
 from ..tokenizer import load_tokenizer
 from .data import load_examples, records
 from .inference import check_batch_size, encode_examples, infer, label_indices, load_task_model, predictions
-from .label_metrics import classification_report, regression_report
+from .label_metrics import classification_report, positive_class, regression_report
 from .outputs import check_output, output_lines
 
 BATCH_SIZE = 32  # examples per forward pass unless told
@@ -68,7 +68,8 @@ def evaluate_task(ckpt: str | Path, task: str, data: str | Path, device, *, batc
         report = regression_report([e.label for e in examples], preds)
     else:
         labels = list(range(logits.shape[-1])) if task == "mcq" else info["labels"]
-        report = with_baselines(classification_report(truth, preds, len(labels)), truth, len(labels), labels)
+        report = with_baselines(classification_report(truth, preds, len(labels), positive=positive_class(task, len(labels))),
+                                truth, len(labels), labels)
         report["labels"] = labels
     report["task"] = task
     return report

@@ -66,16 +66,25 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     return pearson(_ranks(np.asarray(x, float)), _ranks(np.asarray(y, float)))
 
 
-def classification_report(truth: list[int], pred: list[int], n_classes: int) -> dict:
+def classification_report(truth: list[int], pred: list[int], n_classes: int, *, positive: int | None = None) -> dict:
+    """Accuracy, macro-F1, MCC and the confusion matrix; with ``positive`` (a class index) also
+    ``f1``, that class's F1 (as GLUE reports for MRPC and QQP)."""
     truth_a, pred_a = np.asarray(truth, dtype=np.int64), np.asarray(pred, dtype=np.int64)
     matrix = confusion_matrix(truth_a, pred_a, n_classes)
-    return {
+    report = {
         "accuracy": float((truth_a == pred_a).mean()) if len(truth_a) else float("nan"),
         "macro_f1": macro_f1(matrix),
         "mcc": matthews(matrix),
-        "confusion": matrix.tolist(),
-        "examples": int(len(truth_a)),
     }
+    if positive is not None:
+        report["f1"] = class_f1(matrix, positive)
+    return {**report, "confusion": matrix.tolist(), "examples": int(len(truth_a))}
+
+
+def positive_class(task: str, n_classes: int) -> int | None:
+    """The class whose F1 a two-label task reports: the second label in sorted order (1, true,
+    pos, ...); None for more labels and for multiple choice."""
+    return 1 if n_classes == 2 and task != "mcq" else None
 
 
 def regression_report(truth: list[float], pred: list[float]) -> dict:

@@ -89,8 +89,9 @@ class FinetuneSettings:
                                      rule=number(minimum=0, maximum=1))
     weight_decay: float = setting(0.01, "AdamW decay on weights (not biases or gains).", rule=number(minimum=0))
     grad_clip: float = setting(1.0, rule=number(above=0), option=False)
-    metric: str | None = setting(None, "Model selection: accuracy, macro_f1, mcc, pearson, spearman; generate: loss, "
-                                 "bleu, chrf, rougeL, exact (greedy decoding of --val).",
+    metric: str | None = setting(None, "Model selection: accuracy, macro_f1, mcc, f1 (two labels: of the second in "
+                                 "sorted order, e.g. 1), pearson, spearman; generate: loss, bleu, chrf, rougeL, exact "
+                                 "(greedy decoding of --val).",
                                  show_default="accuracy, pearson with --regression, loss for generate")
     eval_every: int | None = setting(None, "Validate (and write the resumable state) every N steps.",
                                      rule=number(minimum=1), show_default="once per epoch")

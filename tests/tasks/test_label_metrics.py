@@ -170,3 +170,14 @@ def test_regression_report():
     assert report["pearson"] == pytest.approx(direct_pearson(truth, pred))
     assert report["spearman"] == pytest.approx(1.0)  # same order
     assert report["examples"] == 4
+
+
+def test_classification_report_gives_the_positive_class_f1_when_asked():
+    from gpt1cli.tasks.label_metrics import classification_report, positive_class
+
+    truth, pred = [1, 1, 1, 0, 0, 0], [1, 1, 0, 1, 0, 0]
+    report = classification_report(truth, pred, 2, positive=1)
+    # class 1: tp 2, fp 1, fn 1 -> F1 = 2*2 / (3 + 3)
+    assert report["f1"] == pytest.approx(4 / 6) and report["accuracy"] == pytest.approx(4 / 6)
+    assert "f1" not in classification_report(truth, pred, 2)
+    assert positive_class("similar", 2) == 1 and positive_class("mcq", 2) is None and positive_class("entail", 3) is None

@@ -214,3 +214,15 @@ def test_task_file_not_found_and_unknown_task(task_assets, tmp_path, capsys):
     result = finetune(capsys, task_assets, "summarise", task_file(task_assets, "classify", "train"),
                       task_file(task_assets, "classify", "val"), tmp_path / "run")
     assert_one_error_line(result, "summarise")
+
+
+def test_f1_selection_needs_two_labels_and_a_head_task(task_assets, tmp_path, capsys):
+    labels = {r["label"] for r in read_jsonl(task_file(task_assets, "entail", "train"))}
+    assert len(labels) == 3
+    result = finetune(capsys, task_assets, "entail", task_file(task_assets, "entail", "train"),
+                      task_file(task_assets, "entail", "val"), tmp_path / "e", "--metric", "f1")
+    assert_one_error_line(result, "--metric f1 is the F1 of a two-label task's positive class", "has 3 labels")
+    assert_no_run(tmp_path / "e")
+    result = finetune(capsys, task_assets, "mcq", task_file(task_assets, "mcq", "train"),
+                      task_file(task_assets, "mcq", "val"), tmp_path / "m", "--metric", "f1")
+    assert_one_error_line(result, "mcq scores choices: use accuracy")

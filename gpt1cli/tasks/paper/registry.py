@@ -229,7 +229,7 @@ TASKS: tuple[PaperTask, ...] = (
               "glue/SST-2/{train,dev}.tsv (sentence, label); test.tsv (index, sentence)", _GLUE_SOURCE, _GLUE_SPLITS,
               _GLUE_FIT, _GLUE_VAL, (Score("SST-2", ("dev",), 91.3),),
               _glue_files(_three_glue(_SST, _SST_TEST, _classes(BINARY, "SST-2"))), glue=True),
-    PaperTask("mrpc", "MRPC", 4, "similar", BINARY, ("f1", "accuracy"), "accuracy", _glue_folders("MRPC"),
+    PaperTask("mrpc", "MRPC", 4, "similar", BINARY, ("f1", "accuracy"), "f1", _glue_folders("MRPC"),
               "glue/MRPC/{train,dev}.tsv (Quality, #1 ID, #2 ID, #1 String, #2 String); test.tsv (index, ...)",
               _GLUE_SOURCE, _GLUE_SPLITS, _GLUE_FIT, _GLUE_VAL, (Score("MRPC", ("dev",), 82.3),),
               _glue_files(_three_glue(_MRPC, _MRPC_TEST, _classes(BINARY, "MRPC"))), positive=1, glue=True),
@@ -237,7 +237,7 @@ TASKS: tuple[PaperTask, ...] = (
               "glue/STS-B/{train,dev,test}.tsv (index, genre, ..., sentence1, sentence2, score 0-5; test without score)",
               _GLUE_SOURCE, _GLUE_SPLITS, _GLUE_FIT, _GLUE_VAL, (Score("STS-B", ("dev",), 82.0),),
               _glue_files(_three_glue(_STSB, _STSB, _score("STS-B"))), regression=True, glue=True),
-    PaperTask("qqp", "QQP", 4, "similar", BINARY, ("f1", "accuracy"), "accuracy", _glue_folders("QQP"),
+    PaperTask("qqp", "QQP", 4, "similar", BINARY, ("f1", "accuracy"), "f1", _glue_folders("QQP"),
               "glue/QQP/{train,dev}.tsv (id, qid1, qid2, question1, question2, is_duplicate); test.tsv (id, question1, "
               "question2)", _GLUE_SOURCE, _GLUE_SPLITS, _GLUE_FIT, _GLUE_VAL, (Score("QQP", ("dev",), 70.3),),
               _glue_files(_three_glue(_QQP, _QQP_TEST, _classes(BINARY, "QQP"))), positive=1, glue=True),
