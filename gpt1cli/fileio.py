@@ -94,6 +94,11 @@ def file_hash(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def bytes_hash(data: bytes) -> str:
+    """BLAKE2b hex digest of ``data``, as :func:`file_hash` of a file holding them."""
+    return hashlib.blake2b(data, digest_size=32).hexdigest()
+
+
 def parse_json(text: str, what: str):
     """Parse JSON text from an untrusted file; every failure is one :class:`Gpt1Error`.
 

@@ -6,11 +6,12 @@ Each kind (:mod:`.sentencepiece_bpe`, :mod:`.openai_bpe`) subclasses :class:`Tok
 
 from __future__ import annotations
 
+import json
 from abc import abstractmethod
 from pathlib import Path
 from typing import Iterable, Protocol, runtime_checkable
 
-from ..fileio import atomic_write_bytes
+from ..fileio import atomic_write_bytes, bytes_hash, file_hash
 
 
 def _special_id(name: str) -> property:
@@ -63,12 +64,32 @@ def tokenizer_filename(tokenizer: Tokenizer) -> str:
     return "tokenizer" + tokenizer.file_suffix
 
 
-def save_single_file(tokenizer, path: str | Path) -> Path:
-    """Write a one-file tokenizer to ``path`` atomically: the bytes of the file it was read from
-    (``tokenizer.path``), else its ``to_bytes()``; saving onto its own file does nothing."""
-    path = Path(path)
-    source = tokenizer.path
-    if source is not None and path.exists() and path.resolve() == source.resolve():
+class JsonTokenizer(Tokenizer):
+    """A tokenizer kept as one JSON file: :meth:`record` is its content; ``path`` the file it was
+    read from (None when built in memory), whose bytes :meth:`save` copies and :meth:`hash` digests."""
+
+    path: Path | None = None
+    _bytes: bytes | None = None
+
+    @abstractmethod
+    def record(self) -> dict:
+        """The JSON object of the single-file form."""
+
+    def to_bytes(self) -> bytes:
+        """The canonical single-file form (what :meth:`save` writes for a tokenizer built in memory)."""
+        if self._bytes is None:
+            self._bytes = (json.dumps(self.record(), ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+        return self._bytes
+
+    def save(self, path: str | Path) -> Path:
+        """Write the tokenizer as one self-contained ``.json`` file, atomically; saving onto its own
+        file does nothing."""
+        path = Path(path)
+        if self.path is not None and path.exists() and path.resolve() == self.path.resolve():
+            return path
+        atomic_write_bytes(path, self.path.read_bytes() if self.path is not None else self.to_bytes())
         return path
-    atomic_write_bytes(path, source.read_bytes() if source is not None else tokenizer.to_bytes())
-    return path
+
+    def hash(self) -> str:
+        """BLAKE2b of the single-file form (equal to ``file_hash`` of what :meth:`save` writes)."""
+        return file_hash(self.path) if self.path is not None else bytes_hash(self.to_bytes())

@@ -19,14 +19,13 @@ not know, so the ids cannot sit inside it). :meth:`HFTokenizer.tokenizers_json` 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Iterable
 
 from ..errors import Gpt1Error
-from ..fileio import file_hash, read_text
-from .base import Tokenizer, save_single_file
+from ..fileio import read_text
+from .base import JsonTokenizer
 
 FORMAT = "gpt1-hf-tokenizer"
 FORMAT_VERSION = 1
@@ -64,7 +63,7 @@ def is_tokenizers_json(data) -> bool:
     return isinstance(data, dict) and isinstance(data.get("model"), dict) and "vocab" in data["model"]
 
 
-class HFTokenizer(Tokenizer):
+class HFTokenizer(JsonTokenizer):
     """A ``tokenizers.Tokenizer`` with this toolkit's tokenizer interface (see :mod:`gpt1cli.tokenizer.base`)."""
 
     kind = "hf-tokenizers"
@@ -139,23 +138,10 @@ class HFTokenizer(Tokenizer):
         """The plain ``tokenizers`` JSON (what transformers reads as ``tokenizer.json``)."""
         return self._backend.to_str()
 
-    def to_bytes(self) -> bytes:
-        """The single-file form :meth:`save` writes."""
-        if self._bytes is None:
-            record = {"format": FORMAT, "version": FORMAT_VERSION, "specials": self.specials,
-                      "tokenizer": json.loads(self.tokenizers_json())}
-            self._bytes = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
-        return self._bytes
-
-    def save(self, path: str | Path) -> Path:
-        """Write the tokenizer as one self-contained ``.json`` file, atomically."""
-        return save_single_file(self, path)
-
-    def hash(self) -> str:
-        """BLAKE2b of the single-file form (equal to ``file_hash`` of what :meth:`save` writes)."""
-        if self.path is not None:
-            return file_hash(self.path)
-        return hashlib.blake2b(self.to_bytes(), digest_size=32).hexdigest()
+    def record(self) -> dict:
+        """Our single-file form: the ``tokenizers`` JSON beside our special tokens."""
+        return {"format": FORMAT, "version": FORMAT_VERSION, "specials": self.specials,
+                "tokenizer": json.loads(self.tokenizers_json())}
 
     # --- the tokenizer interface ---
 

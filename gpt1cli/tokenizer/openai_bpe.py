@@ -31,7 +31,6 @@ Encoding text never produces them. ``save`` writes one self-contained JSON file.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import unicodedata
@@ -39,8 +38,8 @@ from pathlib import Path
 from typing import Iterable
 
 from ..errors import Gpt1Error
-from ..fileio import file_hash, parse_json, read_json
-from .base import Tokenizer, save_single_file
+from ..fileio import parse_json, read_json
+from .base import JsonTokenizer
 
 ENCODER_NAMES = ("encoder_bpe_40000.json", "vocab.json")
 MERGES_NAMES = ("vocab_40000.bpe", "merges.txt")
@@ -228,7 +227,7 @@ def read_merges(path: Path) -> list[tuple[str, str]]:
     return merges
 
 
-class OpenAIBPETokenizer(Tokenizer):
+class OpenAIBPETokenizer(JsonTokenizer):
     """The original GPT-1 BPE with this toolkit's tokenizer interface (see :mod:`gpt1cli.tokenizer.base`)."""
 
     kind = "openai-bpe"
@@ -291,29 +290,10 @@ class OpenAIBPETokenizer(Tokenizer):
             raise Gpt1Error(f"{path}: special tokens {specials!r} differ from {SPECIAL_TOKENS!r}: the file is corrupt")
         return cls(vocab, [tuple(m.split(" ")) for m in merges], path=path)
 
-    def to_bytes(self) -> bytes:
-        """The canonical single-file form (what :meth:`save` writes)."""
-        if self._bytes is None:
-            record = {
-                "format": FORMAT,
-                "version": FORMAT_VERSION,
-                "specials": SPECIAL_TOKENS,
-                "unknown_id": UNKNOWN_ID,
-                "vocab": self.vocab,
-                "merges": [f"{a} {b}" for a, b in self.merges],
-            }
-            self._bytes = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
-        return self._bytes
-
-    def save(self, path: str | Path) -> Path:
-        """Write the tokenizer as one self-contained ``.json`` file, atomically."""
-        return save_single_file(self, path)
-
-    def hash(self) -> str:
-        """BLAKE2b of the single-file form (equal to ``file_hash`` of what :meth:`save` writes)."""
-        if self.path is not None:
-            return file_hash(self.path)
-        return hashlib.blake2b(self.to_bytes(), digest_size=32).hexdigest()
+    def record(self) -> dict:
+        """Our single-file form: vocabulary, merges and special tokens."""
+        return {"format": FORMAT, "version": FORMAT_VERSION, "specials": SPECIAL_TOKENS, "unknown_id": UNKNOWN_ID,
+                "vocab": self.vocab, "merges": [f"{a} {b}" for a, b in self.merges]}
 
     def encoder(self) -> dict[str, int]:
         """Token -> id for every id, special tokens included (transformers' ``vocab.json``)."""
