@@ -207,13 +207,19 @@ def _tsv_rows(path: Path) -> Iterator[tuple[str, dict]]:
             yield f"{path}:{line}", dict(zip(reader.header, row))
 
 
-def _jsonl_records(path: Path) -> Iterator[tuple[str, dict]]:
+def text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of each non-blank line of a UTF-8 file, without its line end (``\\n``
+    or ``\\r\\n``; only ``\\n`` ends a line) and without a byte-order mark; read as bytes, so a bad
+    byte is one error naming its line."""
     try:
         handle = open(path, "rb")
     except OSError as exc:
         raise Gpt1Error(f"cannot read {path}: {exc.strerror or exc}") from None
     with handle:
         for number, raw in enumerate(handle, start=1):
+            raw = raw.rstrip(b"\n")
+            if raw.endswith(b"\r"):
+                raw = raw[:-1]
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -221,12 +227,16 @@ def _jsonl_records(path: Path) -> Iterator[tuple[str, dict]]:
                                 "save the file as UTF-8") from None
             if number == 1:
                 line = line.removeprefix(BOM)
-            if not line.strip():
-                continue
-            record = json_line(line, f"{path}:{number}")
-            if not isinstance(record, dict):
-                raise Gpt1Error(f"{path}:{number}: expected a JSON object, one per line")
-            yield f"{path}:{number}", record
+            if line.strip():
+                yield number, line
+
+
+def _jsonl_records(path: Path) -> Iterator[tuple[str, dict]]:
+    for number, line in text_lines(path):
+        record = json_line(line, f"{path}:{number}")
+        if not isinstance(record, dict):
+            raise Gpt1Error(f"{path}:{number}: expected a JSON object, one per line")
+        yield f"{path}:{number}", record
 
 
 def json_line(line: str, where: str):

@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Iterator
 
 from ...errors import Gpt1Error
+from ..data import text_lines
 
-BOM = "\ufeff"
 NO_LABEL = object()  # a row of an unlabelled (test) file
 
 
@@ -108,32 +108,7 @@ def score_label(value: str, where: str, task: str, low: float, high: float) -> f
 
 
 # ---------------------------------------------------------------------------------------------
-# Lines of a text file (GLUE TSV, JSONL), read as bytes: only "\n" ends a line
-
-
-def text_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """``(line number, text)`` of each non-blank line, without its line end (``\\r\\n`` or ``\\n``)."""
-    try:
-        handle = open(path, "rb")
-    except OSError as exc:
-        raise Gpt1Error(f"cannot read {path}: {exc.strerror or exc}") from None
-    with handle:
-        for number, raw in enumerate(handle, start=1):
-            raw = raw.rstrip(b"\n")
-            if raw.endswith(b"\r"):
-                raw = raw[:-1]
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise Gpt1Error(f"{path}:{number}: invalid UTF-8 (byte {exc.start + 1} of the line)") from None
-            if number == 1:
-                line = line.removeprefix(BOM)
-            if line.strip():
-                yield number, line
-
-
-# ---------------------------------------------------------------------------------------------
-# GLUE TSV
+# GLUE TSV (lines read as bytes by tasks/data.py's text_lines: only "\n" ends a line)
 
 
 @dataclass(frozen=True)
