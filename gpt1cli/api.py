@@ -102,21 +102,14 @@ def generate(model: GPT, tokenizer, prompt: str, settings: DecodeSettings | None
 def evaluate_lm(ckpt: str | Path, *, shards: str | Path | None = None, text: str | Path | None = None,
                 device: str = "auto", max_tokens: int | None = None, batch_size: int = LM_BATCH) -> dict:
     """`gpt1 eval --shards` (the validation split) or `--text`: loss, perplexity and bits per byte."""
-    from .checkpoint import resolve_checkpoint
-    from .data.shards import ShardDataset
-    from .train.lm_eval import evaluate_lm as _evaluate_lm
-    from .train.lm_eval import lm_text_eval
+    from .train.lm_eval import lm_shards_eval, lm_text_eval
 
     if (shards is None) == (text is None):
         raise Gpt1Error("give exactly one of shards or text")
     dev = pick_device(device)
     if text is not None:
-        return lm_text_eval(resolve_checkpoint(ckpt), text, dev, max_tokens=max_tokens, batch_size=batch_size)
-    data = ShardDataset(shards)
-    model, checkpoint = model_from_checkpoint(ckpt, dev)
-    if checkpoint.meta.get("tokenizer_blake2b") != data.tokenizer_hash:
-        raise Gpt1Error(f"{shards} was made with a different tokenizer than {checkpoint.path}")
-    return _evaluate_lm(model, data.val, device=dev, max_tokens=max_tokens, batch_size=batch_size)
+        return lm_text_eval(ckpt, text, dev, max_tokens=max_tokens, batch_size=batch_size)
+    return lm_shards_eval(ckpt, shards, dev, max_tokens=max_tokens, batch_size=batch_size)
 
 
 def evaluate(ckpt: str | Path, *, task: str, data: str | Path, device: str = "auto", batch_size: int = TASK_BATCH,

@@ -64,3 +64,14 @@ def test_bad_settings_raise_the_commands_error(assets, tmp_path):
         api.pretrain(shards=str(assets.shards), out=str(tmp_path / "x"), lr=float("nan"), show_progress=False)
     with pytest.raises(TypeError, match="not both"):
         api.pretrain(api.PretrainConfig(shards=str(assets.shards), out=str(tmp_path / "x")), steps=3)
+
+
+def test_lm_eval_refuses_shards_of_another_tokenizer_alike_from_python_and_the_command(assets, tmp_path, capsys):
+    other = tmp_path / "other"
+    support.assert_ok(support.run_main(["tokenize", assets.corpus, "--out", other, "--vocab-size", "320", "--quiet"],
+                                       capsys))
+    message = "was made with a different tokenizer than"
+    with pytest.raises(api.Gpt1Error, match=f"{message} .*: re-tokenize with its tokenizer.model"):
+        api.evaluate_lm(assets.run, shards=other, device="cpu")
+    result = support.run_main(["eval", "--ckpt", assets.run, "--shards", other, "--device", "cpu"], capsys)
+    support.assert_one_error_line(result, message, "re-tokenize with its tokenizer.model")

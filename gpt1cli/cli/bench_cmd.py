@@ -11,9 +11,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from ..checks import option
 from ..progress import console as make_console
-from ..runtime import DEVICE_HELP, device_rule
+from .options import device_option
 
 
 def _rich_table(spec) -> Table:
@@ -28,7 +27,7 @@ def _rich_table(spec) -> Table:
 
 def bench(
     section: str = typer.Argument(..., help="What to benchmark: kernels, train, data, generate or all."),
-    device: str = typer.Option("auto", callback=option(device_rule), help=DEVICE_HELP),
+    device: str = device_option(),
     dtype: str = typer.Option("auto", help="bf16, fp16 or fp32 for kernel inputs and training autocast; "
                                            "auto is bf16 on CUDA, fp32 on CPU."),
     out: Optional[Path] = typer.Option(None, "--out", "-o",

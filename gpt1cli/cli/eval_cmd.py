@@ -13,12 +13,12 @@ from ..checks import SEED, option
 from ..errors import Gpt1Error, interrupt_leaves
 from ..model.generation.completion import DecodeSettings
 from ..progress import console as make_console
-from ..runtime import DEVICE_HELP, device_rule, pick_device
+from ..runtime import pick_device
 from ..settings import one_of
 from ..tasks.data import fields_setting
 from ..tasks.outputs import check_output, is_stdout, where, write_json
 from ..tasks.paper.registry import SUITES
-from .options import setting_option, was_given
+from .options import device_option, setting_option, was_given
 from .paper_cmd import is_benchmark, task_rule
 
 
@@ -60,18 +60,16 @@ def eval_(
     batch_size: Optional[int] = typer.Option(None, callback=option(minimum=1, maximum=MAX_BATCH), help="Sequences per forward pass: LM windows (--shards, --text), examples (--task with a head) or prompt + answer pairs (--zero-shot, --shots); the figures do not depend on it.", show_default="8 windows, 32 examples, 16 pairs"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON here; - prints the JSON to standard output (the table then goes to standard error).", show_default="none"),
     overwrite: bool = typer.Option(False, help="Replace existing --json and --predictions files."),
-    device: str = typer.Option("auto", callback=option(device_rule), help=DEVICE_HELP),
+    device: str = device_option(),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Evaluate a checkpoint: loss/perplexity/bits-per-byte, accuracy/F1/MCC/correlations on a task,
     BLEU/chrF/ROUGE of generated text, or zero-/few-shot in-context learning."""
     from ..checkpoint import resolve_checkpoint
-    from ..data.shards import ShardDataset
-    from ..model.loading import model_from_checkpoint
     from ..tasks.fewshot import BATCH_SIZE as PAIRS_BATCH, zero_shot_mcq
     from ..tasks.head_eval import BATCH_SIZE as HEAD_BATCH, evaluate_task, standard_error
     from ..tasks.outputs import provenance
-    from ..train.lm_eval import evaluate_lm, lm_text_eval
+    from ..train.lm_eval import lm_shards_eval, lm_text_eval
 
     modes = sum(x is not None for x in (shards, text, task, suite))
     if modes != 1:
@@ -103,14 +101,10 @@ def eval_(
         dev = pick_device(device)
         settings: dict = {"device": str(dev)}
         if shards is not None:
-            data_set = ShardDataset(shards)
             folder = resolve_checkpoint(ckpt)
-            model, checkpoint = model_from_checkpoint(folder, dev)
-            if checkpoint.meta.get("tokenizer_blake2b") != data_set.tokenizer_hash:
-                raise Gpt1Error(f"{shards} was made with a different tokenizer than {checkpoint.path}: re-tokenize with its tokenizer.model")
             settings.update(mode="lm", split="val", batch_size=batch_size or LM_BATCH, max_tokens=max_tokens)
-            results = evaluate_lm(model, data_set.val, device=dev, max_tokens=max_tokens, batch_size=batch_size or LM_BATCH,
-                                  show_progress=show_progress)
+            results = lm_shards_eval(folder, shards, dev, max_tokens=max_tokens, batch_size=batch_size or LM_BATCH,
+                                     show_progress=show_progress)
             sources = [shards / "manifest.json"]
         elif text is not None:
             from ..data.corpus import expand_inputs

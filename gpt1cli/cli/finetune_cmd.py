@@ -73,8 +73,7 @@ def finetune(
     if missing:
         reason = (f" ({out} holds no training state to resume from yet, so the run starts anew)" if values["resume"] else "")
         raise Gpt1Error(f"finetune needs {', '.join(missing)}{reason}")
-    notes = console(stderr=True)
-    say = (lambda message: notes.print(message, markup=False)) if world_from_env().rank == 0 else (lambda message: None)
+    say = _notes()
     if values["task"] == "generate":
         if given & set(HEAD_ONLY):
             raise Gpt1Error(f"{option_name(FinetuneConfig, sorted(given & set(HEAD_ONLY))[0])} applies to the tasks "
@@ -103,6 +102,14 @@ def finetune(
         f"(best: step {summary['best_step']}, latest: step {summary.get('last_step')})"))
 
 
+def _notes():
+    """How the run's notes are said: on standard error by rank 0, not at all by the other ranks."""
+    if world_from_env().rank != 0:
+        return lambda message: None
+    notes = console(stderr=True)
+    return lambda message: notes.print(message, markup=False)
+
+
 def _finetune_benchmark(values: dict, given: set, data_dir: Path | None, dry_run: bool, quiet: bool) -> None:
     """``--task BENCHMARK --data-dir DIR``: the benchmark's files, read in their layout, with the paper's recipe."""
     from ..tasks.paper import finetune_named
@@ -122,8 +129,7 @@ def _finetune_benchmark(values: dict, given: set, data_dir: Path | None, dry_run
     missing = [flag for name, flag in (("from_run", "--from"), ("out", "--out")) if values[name] is None]
     if missing:
         raise Gpt1Error(f"finetune --task {task} needs {', '.join(missing)}")
-    notes = console(stderr=True)
-    say = (lambda message: notes.print(message, markup=False)) if world_from_env().rank == 0 else (lambda message: None)
+    say = _notes()
     overrides = {name: values[name] for name in OVERRIDABLE if name in given or name in ("resume", "overwrite", "device")}
     summary = finetune_named(task, data_dir, values["from_run"], values["out"], show_progress=not quiet, say=say,
                              **overrides)

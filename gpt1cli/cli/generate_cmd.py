@@ -16,10 +16,10 @@ from ..model.generation.completion import DecodeSettings, complete
 from ..model.generation.sampling import check_prompt
 from ..model.loading import model_from_checkpoint, tokenizer_for
 from ..progress import console as make_console
-from ..runtime import DEVICE_HELP, device_rule, pick_device
+from ..runtime import pick_device
 from ..tasks.outputs import check_output, is_stdout, where
 from ..tasks.transforms import task_prompt
-from .options import Options, command
+from .options import Options, command, device_option
 
 
 @command(DecodeSettings)
@@ -35,7 +35,7 @@ def generate(
     task_format: bool = typer.Option(False, "--task-format", help="Wrap the prompt as \\[start; prompt; delim] and print only the completion (on by itself for a checkpoint fine-tuned with --task generate)."),
     plain: bool = typer.Option(False, "--plain", help="Continue the prompt as plain text even for a generate-task checkpoint."),
     seed: int = typer.Option(0, callback=option(**SEED), help="Sampling seed (line i of --input uses seed + i)."),
-    device: str = typer.Option("auto", callback=option(device_rule), help=DEVICE_HELP),
+    device: str = device_option(),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar for --input."),
 ) -> None:
     """Generate a continuation of --prompt (or of each prompt in --input) with a KV cache."""

@@ -119,6 +119,14 @@ def _info(default, declared: settings.Setting):
                         callback=callback)
 
 
+def device_option():
+    """The ``--device`` option of a command that is not built from a config (auto, cpu, cuda, cuda:N),
+    checked as the command line is parsed."""
+    from ..runtime import DEVICE_HELP, device_rule
+
+    return typer.Option("auto", callback=option(device_rule), help=DEVICE_HELP)
+
+
 def setting_option(config, name: str, *, default=MISSING, **changes):
     """The Typer option of ``config``'s setting ``name`` for a command that offers it in its own words:
     ``changes`` replace the help text or shown default, ``default`` the default. Its names and rule stay."""

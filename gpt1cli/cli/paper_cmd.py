@@ -17,14 +17,12 @@ from rich.table import Table
 
 from .. import settings
 from ..errors import Gpt1Error, interrupt_leaves
-from ..checks import option
 from ..progress import console as make_console
-from ..runtime import DEVICE_HELP, device_rule
 from ..tasks.data import ALL_TASKS
 from ..tasks.finetune import FinetuneConfig
 from ..tasks.outputs import check_output, is_stdout, write_json
 from ..tasks.paper.registry import METRIC_NAMES, PAPER_DEFAULTS, SUITES, TABLES, TASKS
-from .options import setting_option
+from .options import device_option, setting_option
 
 app = typer.Typer(name="paper", help="The paper's benchmarks by name: read their published files, fine-tune, "
                   "evaluate, and print Tables 2-4 beside the paper's figures.", no_args_is_help=True,
@@ -94,7 +92,7 @@ def finetune(
     seed: Optional[int] = _override("seed"),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its training state."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run already in --out."),
-    device: str = typer.Option("auto", callback=option(device_rule), help=DEVICE_HELP),
+    device: str = device_option(),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Fine-tune a pre-trained run on a named benchmark with the paper's settings and input transformation."""
@@ -149,7 +147,7 @@ def eval_(
                                             "standard output; the table then goes to standard error).",
                                             show_default="none"),
     overwrite: bool = typer.Option(False, help="Replace an existing --json file."),
-    device: str = typer.Option("auto", callback=option(device_rule), help=DEVICE_HELP),
+    device: str = device_option(),
 ) -> None:
     """Score a fine-tuned run on a named benchmark with the paper's metric, beside the paper's figure."""
     from ..tasks.paper import evaluate_named
@@ -194,7 +192,7 @@ def suite(
     seed: Optional[int] = _override("seed"),
     resume: bool = typer.Option(False, "--resume", help="Continue runs in --ckpt-dir from their training state."),
     overwrite: bool = typer.Option(False, help="Replace runs already in --ckpt-dir and an existing --json file."),
-    device: str = typer.Option("auto", callback=option(device_rule), help=DEVICE_HELP),
+    device: str = device_option(),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or notes."),
 ) -> None:
     """Fine-tune (with --from) and evaluate every task of a suite whose data is under --data-root; print the

@@ -13,11 +13,12 @@ from rich.text import Text
 from ..checks import option
 from ..errors import interrupt_leaves
 from ..progress import console as make_console
-from ..runtime import DEVICE_HELP, device_rule, pick_device
+from ..runtime import pick_device
 from ..tasks.data import fields_setting
 from ..tasks.head_eval import BATCH_SIZE
 from ..tasks.head_eval import predict as run_predict
 from ..tasks.outputs import is_stdout, where
+from .options import device_option
 
 PREVIEW = 10  # predictions shown in the table when they go to a file
 CELL = 60  # characters of an input shown in the table
@@ -30,7 +31,7 @@ def predict(
     field: Optional[List[str]] = typer.Option(None, "--field", callback=option(fields_setting), help="Task field NAME=COLUMN of --data, repeatable, e.g. --field text=sentence.", show_default="the mapping the checkpoint was fine-tuned with, else the fields' own names"),
     batch_size: Optional[int] = typer.Option(None, callback=option(minimum=1, maximum=1 << 16), help="Examples per forward pass; the predictions do not depend on it.", show_default=str(BATCH_SIZE)),
     overwrite: bool = typer.Option(False, help="Replace an existing --out file."),
-    device: str = typer.Option("auto", callback=option(device_rule), help=DEVICE_HELP),
+    device: str = device_option(),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Predict labels (or values, with regression) for every example of --data. Each line holds the

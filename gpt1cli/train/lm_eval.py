@@ -89,6 +89,21 @@ def lm_report(total_loss: float, total_tokens: int, tokens_per_byte: float) -> d
             "tokens": total_tokens}
 
 
+def lm_shards_eval(ckpt: str | Path, shards: str | Path, device, *, max_tokens: int | None = None,
+                   show_progress: bool = False, batch_size: int = 8) -> dict:
+    """Loss, perplexity and bits per byte of a checkpoint on the validation split of a shard
+    directory, which must have been tokenized with the checkpoint's tokenizer."""
+    from ..data.shards import ShardDataset
+
+    data = ShardDataset(shards)
+    model, checkpoint = model_from_checkpoint(ckpt, device)
+    if checkpoint.meta.get("tokenizer_blake2b") != data.tokenizer_hash:
+        raise Gpt1Error(f"{shards} was made with a different tokenizer than {checkpoint.path}: re-tokenize with its "
+                        f"{checkpoint.tokenizer_path.name}")
+    return evaluate_lm(model, data.val, device=device, max_tokens=max_tokens, batch_size=batch_size,
+                       show_progress=show_progress)
+
+
 def lm_text_eval(ckpt: str | Path, text_file: str | Path, device, *, max_tokens: int | None = None,
                  show_progress: bool = False, batch_size: int = 8) -> dict:
     """Loss, perplexity and bits per byte of a checkpoint on a raw text corpus, streamed.
